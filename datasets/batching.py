@@ -1,0 +1,22 @@
+"""Mini-batches as shuffled index slices of in-memory tensors (no per-sample DataLoader)."""
+from __future__ import annotations
+
+import torch
+
+
+def batch_bounds(n, batch_size):
+    """The (start, stop) of each batch of an epoch over n samples; the last may be short."""
+    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+def batches(x, y, batch_size, *, shuffle=True, generator=None):
+    """Yield (x[idx], y[idx]) for consecutive slices idx of a (shuffled) permutation."""
+    n = len(y)
+    if not shuffle:
+        for i, j in batch_bounds(n, batch_size):
+            yield x[i:j], y[i:j]
+        return
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    for i, j in batch_bounds(n, batch_size):
+        idx = perm[i:j]
+        yield x[idx], y[idx]

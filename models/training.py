@@ -1,0 +1,103 @@
+"""One fit loop and one evaluation for every model, on in-memory tensors."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from datasets.batching import batches
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def pick_device(name="auto"):
+    """"auto" -> cuda when present, else cpu; otherwise the named device."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def make_optimizer(name, params, lr):
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr)
+
+
+def divergence_message(model, lr, epoch):
+    h = getattr(model, "h", None)
+    arch = getattr(model, "name", type(model).__name__)
+    return (f"the training loss became NaN/inf in epoch {epoch}: the step size h={h} is probably too "
+            f"large for the {arch} architecture, or the learning rate {lr} too high; lower one of them")
+
+
+def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_gamma=0.5,
+        alpha_f=0.0, alpha_c=0.0, seed=0, log=None):
+    """Train ``model`` on the tensors x, y (already on the model's device).
+
+    Cross-entropy on the logits, plus the paper's regularisers when alpha_f/alpha_c > 0.
+    ``lr_step`` > 0 multiplies the learning rate by ``lr_gamma`` every lr_step epochs.
+    ``log`` (e.g. print) receives one progress line per epoch.  Returns the history:
+    per-epoch loss, train accuracy (on the fly, during the epoch) and seconds.
+    Raises DivergenceError if the loss becomes NaN or infinite.
+    """
+    opt = make_optimizer(optimizer, model.parameters(), lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    regularised = bool(alpha_f or alpha_c)
+    history = {"epoch": [], "loss": [], "train_acc": [], "seconds": []}
+    model.train()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        for xb, yb in batches(x, y, batch_size, shuffle=True, generator=gen):
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            total = loss + model.regularization(alpha_f, alpha_c) if regularised else loss
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.detach().argmax(1) == yb).sum()
+        if sched is not None:
+            sched.step()
+        mean_loss = loss_sum.item() / len(y)
+        seconds = time.perf_counter() - t0
+        if not math.isfinite(mean_loss):
+            raise DivergenceError(divergence_message(model, lr, epoch))
+        acc = correct.item() / len(y)
+        for key, val in zip(history, (epoch, mean_loss, acc, seconds)):
+            history[key].append(val)
+        if log is not None:
+            log(f"epoch {epoch:4d}  loss {mean_loss:.4f}  train acc {acc:.4f}  {seconds:.2f}s")
+    return history
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=1024):
+    """Accuracy (a fraction in [0, 1]) of ``model`` on x, y."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    for xb, yb in batches(x, y, batch_size, shuffle=False):
+        correct += (model(xb).argmax(1) == yb).sum()
+    model.train(was_training)
+    return correct.item() / max(len(y), 1)
+
+
+@torch.no_grad()
+def mean_loss(model, x, y, batch_size=1024):
+    """Mean cross-entropy of ``model`` on x, y (no regulariser)."""
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for xb, yb in batches(x, y, batch_size, shuffle=False):
+        total += F.cross_entropy(model(xb), yb, reduction="sum").double()
+    return total.item() / max(len(y), 1)

@@ -1,0 +1,63 @@
+"""The experiments of the single-architecture and toy scripts, shared by their constants."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from models import MODELS, build_model
+from models.training import evaluate, fit
+from scripts import common, plotting
+
+
+def _train(cfg, arch, meta, data, device, log):
+    torch.manual_seed(cfg.SEED)
+    model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg)).to(device)
+    t0 = time.perf_counter()
+    history = fit(model, data.x_train, data.y_train, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE,
+                  batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, lr_step=cfg.LR_STEP,
+                  alpha_f=cfg.ALPHA_F if cfg.REG_F else 0.0, alpha_c=cfg.ALPHA_C if cfg.REG_C else 0.0,
+                  seed=cfg.SEED, log=log)
+    train_time = time.perf_counter() - t0
+    result = {"train_acc": evaluate(model, data.x_train, data.y_train),
+              "test_acc": evaluate(model, data.x_test, data.y_test), "train_time_s": train_time}
+    return model, history, result
+
+
+def train_single(script_file, cfg):
+    """Train one architecture (cfg.CHOICE) on cfg.DATASET; save metrics, curves, weights."""
+    meta, arch, device = common.resolve(cfg)
+    data = common.load_data(cfg, device)
+    run = common.RunDir(script_file, cfg, extra={"device": str(device), "architecture": arch})
+    print(f"{arch} ({'conv' if cfg.CONV else 'dense'}), N={cfg.N}, h={cfg.STEP} on {meta.name} "
+          f"({len(data.y_train)} train / {len(data.y_test)} test) on {device}; results in {run.path}")
+    model, history, result = _train(cfg, arch, meta, data, device, print)
+    run.save_json("metrics.json", {"history": history, **result})
+    torch.save(model.state_dict(), run.file("model.pt"))
+    plotting.curves(run.file("training.png"), {arch: history}, title=f"{arch} on {meta.name}")
+    print(f"train acc {result['train_acc']:.4f}  test acc {result['test_acc']:.4f}  "
+          f"time {result['train_time_s']:.1f}s")
+    common.emit_result({"architecture": arch, "dataset": meta.name, **result, "run_dir": str(run.path)})
+
+
+def train_toy(script_file, cfg):
+    """Train all four architectures on a toy set; table, figure and one RESULT."""
+    cfg = cfg.replace(CHOICE="resnet")  # validated once; every architecture is trained below
+    meta, _, device = common.resolve(cfg)
+    data = common.load_data(cfg, device)
+    run = common.RunDir(script_file, cfg, extra={"device": str(device)})
+    print(f"{meta.name}: {len(data.y_train)} train / {len(data.y_test)} validation points, "
+          f"N={cfg.N}, h={cfg.STEP}, {cfg.EPOCHS} epochs on {device}; results in {run.path}")
+    models, histories, results = {}, {}, {}
+    for arch in MODELS:
+        log = print if cfg.VERBOSE else None
+        model, history, result = _train(cfg, arch, meta, data, device, log)
+        models[arch], histories[arch], results[arch] = model, history, result
+        print(f"  {arch:<14} val acc {result['test_acc']:.4f}  ({result['train_time_s']:.1f}s)")
+    print(f"\n{'architecture':<14} {'train acc':>9} {'val acc':>8} {'time (s)':>9}")
+    for arch, r in results.items():
+        print(f"{arch:<14} {r['train_acc']:>9.4f} {r['test_acc']:>8.4f} {r['train_time_s']:>9.1f}")
+    run.save_json("metrics.json", {"history": histories, "results": results})
+    plotting.toy_figure(run.file(f"{meta.name.lower()}.png"), models, data)
+    plotting.curves(run.file("training.png"), histories, title=meta.name)
+    common.emit_result({"dataset": meta.name, "results": results, "run_dir": str(run.path)})

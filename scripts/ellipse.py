@@ -1,0 +1,42 @@
+"""Ellipses: train the four stable architectures on two concentric ellipse classes.
+
+Prints a table of validation accuracy and training time, and saves a figure with the
+data, each model's decision regions and a few points' trajectories through the layers.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from scripts import common  # noqa: E402
+from scripts.architecture import train_toy  # noqa: E402
+
+DATASET = "ELLIPSE"  # the toy set: ELLIPSE or SWISS
+CONV = False  # toy sets are plain features: dense layers only
+N = 10  # number of layers
+STEP = 0.5  # step size h
+GAMMA = 0.01  # diffusion gamma of the antisymmetric network
+ACTIVATION = "tanh"  # tanh or relu
+WIDTH = 4  # state width; the input is zero-padded to it (0: the input's features)
+LEARN_RATE = 0.01  # learning rate
+OPTIMIZER = "adam"  # adam or sgd
+LR_STEP = 0  # halve the learning rate every LR_STEP epochs (0: constant)
+EPOCHS = 300  # training epochs per architecture
+BATCH_SIZE = 50  # mini-batch size
+REG_F = False  # smoothness regulariser across layers on/off
+ALPHA_F = 1e-3  # its weight alpha_f
+REG_C = False  # classifier weight decay on/off
+ALPHA_C = 1e-3  # its weight alpha_c
+SEED = 0  # random seed (data and initialisation)
+DEVICE = "auto"  # auto (cuda if present), cpu, cuda, cuda:1, ...
+DATA_ROOT = "data"  # where datasets are read and cached (unused by generated sets)
+RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+VERBOSE = False  # print every epoch of every architecture
+
+
+def main(argv=None):
+    train_toy(__file__, common.configure(__file__, globals(), argv, __doc__))
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,43 @@
+"""Train the second-order (leapfrog) network on one dataset (MNIST by default), dense or convolutional.
+
+Prints a progress line per epoch, saves metrics, curves and the weights in the run
+directory, and ends with a RESULT line.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from scripts import common  # noqa: E402
+from scripts.architecture import train_single  # noqa: E402
+
+DATASET = "MNIST"  # MNIST, FASHION, CIFAR10, DIGITS, ELLIPSE or SWISS
+CHOICE = "leapfrog"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
+CONV = False  # 3x3 convolutional layers instead of dense ones (image sets only)
+N = 6  # number of layers
+STEP = 0.5  # step size h
+GAMMA = 0.01  # diffusion gamma of the antisymmetric network
+ACTIVATION = "tanh"  # tanh or relu
+WIDTH = 0  # dense state width, input zero-padded to it (0: the input's features)
+CHANNELS = 8  # conv: channels of the state (the image is lifted by a 3x3 conv)
+LEARN_RATE = 3e-3  # learning rate
+OPTIMIZER = "adam"  # adam or sgd
+LR_STEP = 0  # halve the learning rate every LR_STEP epochs (0: constant)
+EPOCHS = 10  # training epochs
+BATCH_SIZE = 64  # mini-batch size
+REG_F = False  # smoothness regulariser across layers on/off
+ALPHA_F = 1e-3  # its weight alpha_f
+REG_C = False  # classifier weight decay on/off
+ALPHA_C = 1e-3  # its weight alpha_c
+SEED = 0  # random seed (data split and initialisation)
+DEVICE = "auto"  # auto (cuda if present), cpu, cuda, cuda:1, ...
+DATA_ROOT = "data"  # where datasets are read, downloaded and cached
+RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+
+
+def main(argv=None):
+    train_single(__file__, common.configure(__file__, globals(), argv, __doc__))
+
+
+if __name__ == "__main__":
+    common.run(main)

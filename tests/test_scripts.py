@@ -1,0 +1,67 @@
+"""The experiment scripts end to end with tiny settings, and their handling of bad input."""
+import json
+
+import pytest
+
+from tests.helpers import result_of, run_script
+from tests.test_data import write_mnist
+
+
+def test_verlet_script_on_digits_writes_its_run_directory(tmp_path):
+    proc = run_script("verletTest", "--dataset", "DIGITS", "--epochs", 2, "--results-dir", tmp_path)
+    res = result_of(proc)
+    assert 0 <= res["train_acc"] <= 1 and 0.5 < res["test_acc"] <= 1 and res["train_time_s"] > 0
+    assert "epoch    2" in proc.stdout
+    run = tmp_path / "verletTest"
+    (run_dir,) = run.iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["constants"]["EPOCHS"] == 2 and config["constants"]["CHOICE"] == "verlet"
+    assert config["torch"] and config["git_commit"] and config["seed"] == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["history"]["loss"]) == 2 and metrics["test_acc"] == res["test_acc"]
+    assert (run_dir / "training.png").stat().st_size > 1000 and (run_dir / "model.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["swiss", "ellipse"])
+def test_toy_scripts_train_all_four_and_draw_them(tmp_path, script):
+    res = result_of(run_script(script, "--epochs", 3, "--n", 3, "--results-dir", tmp_path))
+    assert set(res["results"]) == {"resnet", "antisymmetric", "verlet", "leapfrog"}
+    for r in res["results"].values():
+        assert 0 <= r["test_acc"] <= 1 and r["train_time_s"] > 0
+    (run_dir,) = (tmp_path / script).iterdir()
+    assert (run_dir / f"{script}.png").stat().st_size > 10000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,choice", [("resTest", "r"), ("antiTest", "a"), ("leapTest", "l")])
+def test_architecture_scripts_read_mnist_idx_files(tmp_path, script, choice):
+    write_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=64, n_test=16)
+    res = result_of(run_script(script, "--epochs", 1, "--n", 2, "--conv", 1, "--channels", 2,
+                               "--data-root", tmp_path / "data", "--results-dir", tmp_path / "res"))
+    assert res["dataset"] == "MNIST" and res["architecture"].startswith(choice)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset", "IMAGENET"], "unknown dataset 'IMAGENET'; valid: ELLIPSE"),
+    (["--choice", "q"], "unknown architecture 'q'; valid: resnet (r)"),
+    (["--n", 0], "N (layers) must be >= 1"),
+    (["--step", -0.1], "STEP (the step size h) must be > 0"),
+    (["--batch-size", 0], "BATCH_SIZE must be >= 1"),
+    (["--activation", "sigmoid"], "unknown ACTIVATION"),
+    (["--dataset", "SWISS", "--conv", 1], "CONV needs an image dataset"),
+    (["--data-root", "FILE"], "is not a readable directory"),
+    (["--dataset", "MNIST", "--data-root", "EMPTY", "--epochs", 1], "put the four idx files"),
+    (["--conv", "maybe"], "expected 0/1/true/false"),
+])
+def test_bad_values_exit_2_with_one_line(tmp_path, args, message, monkeypatch):
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "EMPTY").mkdir()
+    args = [str(tmp_path / a) if a in ("FILE", "EMPTY") else a for a in args]
+    env = {"no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
+    proc = run_script("verletTest", *args, "--results-dir", tmp_path / "res", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "res").exists()
