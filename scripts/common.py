@@ -214,13 +214,14 @@ def emit_result(result):
 def run(main, argv=None):
     """Run a script's main(): bad input -> one line on stderr and exit status 2."""
     from models.training import DivergenceError
+    from scripts.launch import WorkerFailed
 
     try:
         main(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except DivergenceError as exc:
+    except (DivergenceError, WorkerFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -43,7 +43,10 @@ def toy_figure(path, models, data, *, n_traj=12, resolution=200):
                             torch.linspace(lo[1], hi[1], resolution), indexing="xy")
     grid = torch.zeros(resolution * resolution, x_all.shape[1])
     grid[:, 0], grid[:, 1] = gx.reshape(-1), gy.reshape(-1)
-    pick = torch.cat([torch.nonzero(y_all == c).flatten()[: n_traj // 2] for c in (0, 1)])
+    def spread(idx, k):  # k indices evenly spaced through one class
+        return idx[torch.linspace(0, len(idx) - 1, k).long()]
+
+    pick = torch.cat([spread(torch.nonzero(y_all == c).flatten(), n_traj // 2) for c in (0, 1)])
     n = len(models)
     fig, axes = plt.subplots(2, n + 1, figsize=(3.3 * (n + 1), 6.4), squeeze=False)
     for c in (0, 1):

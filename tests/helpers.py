@@ -34,3 +34,30 @@ def result_of(proc):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT "), last
     return json.loads(last[len("RESULT "):])
+
+
+def leftover_processes(marker):
+    """PIDs of live processes whose environment holds ``marker`` (a unique string)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def run_failing(script, *args, timeout=60):
+    """Run a script with a unique marker in its environment; returns (proc, seconds, leftovers)."""
+    import time
+    import uuid
+
+    marker = f"STABLE_TEST_{uuid.uuid4().hex}"
+    t0 = time.perf_counter()
+    proc = run_script(script, *args, timeout=timeout, env={marker: "1"})
+    seconds = time.perf_counter() - t0
+    time.sleep(0.5)
+    return proc, seconds, leftover_processes(marker)

@@ -1,0 +1,104 @@
+"""Parallel Variable Distribution: train a stable network with P processors.
+
+Each processor owns a block of consecutive layers; per iteration every one trains its
+block while the others move along the shared gradient direction (forget-me-not
+scalars), then the candidates are synchronised.  PARALLEL=1 runs P real processes
+(torch.distributed, gloo on CPU / NCCL on GPUs, or under torchrun); PARALLEL=0 runs
+the same algorithm in one process and reports the original's theoretical parallel time.
+"""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from models import build_model  # noqa: E402
+from pvd import SYNC_RULES, PVDConfig, parallel_worker, run_serial  # noqa: E402
+from scripts import common, plotting  # noqa: E402
+from scripts.launch import launch, world_size_for  # noqa: E402
+
+DATASET = "ELLIPSE"  # ELLIPSE, SWISS, DIGITS, MNIST, FASHION (or CIFAR10)
+CHOICE = "verlet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
+CONV = False  # 3x3 convolutional layers (image sets only)
+N = 8  # number of layers (split into NUM_PROC blocks)
+STEP = 0.5  # step size h
+GAMMA = 0.01  # diffusion gamma of the antisymmetric network
+ACTIVATION = "tanh"  # tanh or relu
+WIDTH = 4  # dense state width, input zero-padded to it (0: the input's features)
+CHANNELS = 8  # conv: channels of the state
+NUM_PROC = 2  # P: processors, one block of layers each
+PARALLEL = True  # 1: P real processes; 0: the serial mode (theoretical parallel time)
+ITERATIONS = 30  # maximum number of PVD iterations
+EPOCHS = 1  # epochs of each processor's parallel phase per iteration
+STEPS = 0  # if > 0, at most this many optimiser steps per parallel phase
+TARGET_ACC = 0.99  # stop once the validation (test) accuracy reaches it
+SYNC = "best"  # synchronisation: best (the original) or affine (Ferris-Mangasarian)
+DIRECTION_BATCHES = 0  # batches for the direction d = -grad (0: the whole training set)
+SYNC_BATCHES = 0  # batches that score the candidates (0: the whole training set)
+TRAIN_CLASSIFIER = True  # every processor trains the classifier (0: it moves along d)
+LEARN_RATE = 0.01  # learning rate of the parallel phase
+OPTIMIZER = "adam"  # adam or sgd
+BATCH_SIZE = 50  # mini-batch size
+THREADS = 0  # intra-op threads per process (0: the cores shared out; serial: all)
+SEED = 0  # random seed
+DEVICE = "auto"  # serial mode: auto, cpu, cuda, ... (parallel: NCCL when each rank has a GPU)
+DATA_ROOT = "data"  # where datasets are read, downloaded and cached
+RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+FAIL_RANK = -1  # testing aid: this processor raises in iteration 1 (-1: none)
+
+
+def pvd_config(cfg, num_proc):
+    return PVDConfig(num_proc=num_proc, iterations=cfg.ITERATIONS, epochs=cfg.EPOCHS, steps=cfg.STEPS,
+                     lr=cfg.LEARN_RATE, optimizer=cfg.OPTIMIZER, batch_size=cfg.BATCH_SIZE,
+                     direction_batches=cfg.DIRECTION_BATCHES, sync_batches=cfg.SYNC_BATCHES, sync=cfg.SYNC,
+                     target_acc=cfg.TARGET_ACC, train_classifier=cfg.TRAIN_CLASSIFIER, seed=cfg.SEED,
+                     fail_rank=cfg.FAIL_RANK)
+
+
+def main(argv=None):
+    cfg = common.configure(__file__, globals(), argv, __doc__)
+    meta, arch, device = common.resolve(cfg)
+    num_proc = world_size_for(cfg.NUM_PROC) if cfg.PARALLEL else cfg.NUM_PROC
+    common.check(num_proc >= 1, f"NUM_PROC must be >= 1, got {num_proc}")
+    common.check(num_proc <= cfg.N, f"NUM_PROC ({num_proc}) cannot exceed the number of layers N ({cfg.N})")
+    common.check(cfg.SYNC in SYNC_RULES, f"unknown SYNC {cfg.SYNC!r}; valid: {', '.join(SYNC_RULES)}")
+    common.check(cfg.ITERATIONS >= 1, f"ITERATIONS must be >= 1, got {cfg.ITERATIONS}")
+    common.check(cfg.THREADS >= 0, f"THREADS must be >= 0, got {cfg.THREADS}")
+    main_rank = not cfg.PARALLEL or int(__import__("os").environ.get("RANK", 0)) == 0
+    data = common.load_data(cfg)
+    torch.manual_seed(cfg.SEED)
+    model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg))
+    pcfg = pvd_config(cfg, num_proc)
+    run = common.RunDir(__file__, cfg, extra={"architecture": arch, "num_proc": num_proc}) if main_rank else None
+    if main_rank:
+        mode = f"{num_proc} processes" if cfg.PARALLEL else "serial mode"
+        print(f"PVD ({mode}, sync={cfg.SYNC}) of {arch}, N={cfg.N}, h={cfg.STEP} on {meta.name}; "
+              f"results in {run.path}", flush=True)
+    if cfg.PARALLEL:
+        out = launch(parallel_worker, num_proc, (model, data, pcfg), threads=cfg.THREADS)
+    else:
+        torch.set_num_threads(cfg.THREADS or torch.get_num_threads())
+        out = run_serial(model.to(device), data.to(device), pcfg, log=lambda s: print(s, flush=True))
+    if not main_rank:
+        return
+    hist = out["history"]
+    result = {"test_acc": hist["test_acc"][-1], "train_acc": hist["train_acc"][-1],
+              "iterations": hist["iteration"][-1], "reached_target": hist["test_acc"][-1] >= cfg.TARGET_ACC,
+              "wall_time_s": hist["wall_time_s"][-1], "theoretical_time_s": hist["theoretical_time_s"][-1],
+              "num_proc": num_proc, "parallel": bool(cfg.PARALLEL), "sync": cfg.SYNC}
+    result["train_time_s"] = result["wall_time_s"]
+    run.save_json("metrics.json", {"history": hist, **result})
+    torch.save(out["state_dict"], run.file("model.pt"))
+    series = {k: hist[k] for k in ("loss", "train_acc", "test_acc")}
+    plotting.curves(run.file("pvd_iterations.png"), {"PVD": {"iteration": hist["iteration"], **series}},
+                    x_key="iteration", title=f"PVD, {num_proc} processors")
+    plotting.curves(run.file("pvd_time.png"), {"PVD": {"wall time (s)": hist["wall_time_s"], **series}},
+                    x_key="wall time (s)", title=f"PVD, {num_proc} processors")
+    print(f"test acc {result['test_acc']:.4f} after {result['iterations']} iterations; "
+          f"wall time {result['wall_time_s']:.1f}s, theoretical parallel time {result['theoretical_time_s']:.1f}s")
+    common.emit_result({**result, "run_dir": str(run.path)})
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,112 @@
+"""Parallel Variable Distribution: the algorithm's properties, serial against parallel."""
+import pytest
+import torch
+
+import datasets
+from models import build_model
+from pvd import PVD, PVDConfig, layer_blocks, parallel_worker, run_serial
+from scripts.launch import launch
+from tests.helpers import run_failing, run_script
+
+torch.set_num_threads(1)
+
+
+def setup(n_layers=4, arch="verlet", seed=0, **cfg):
+    data = datasets.load("ELLIPSE", seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(arch, (2,), 2, n_layers, 0.5, width=4)
+    return model, data, PVDConfig(seed=seed, **cfg)
+
+
+def test_layer_blocks_split_consecutive_layers():
+    assert layer_blocks(8, 3) == [(0, 3), (3, 6), (6, 8)]
+    assert layer_blocks(2, 2) == [(0, 1), (1, 2)]
+    with pytest.raises(ValueError, match="NUM_PROC"):
+        layer_blocks(3, 4)
+
+
+def test_with_mu_zero_and_no_training_nothing_moves():
+    model, data, cfg = setup(optimizer="sgd", lr=0.0, steps=3)
+    pvd = PVD(model, data, cfg)
+    d = pvd.unflatten(-pvd.direction_share(1, 0)[0])
+    for l in range(cfg.num_proc):
+        cand = pvd.solve(1, l, d)
+        for name in pvd.names:
+            assert torch.equal(cand[name], pvd.x[name]), name
+
+
+def test_other_blocks_move_only_along_the_direction():
+    model, data, cfg = setup(steps=20, lr=0.05)
+    pvd = PVD(model, data, cfg)
+    g, n = pvd.direction_share(1, 0)
+    g1, _ = pvd.direction_share(1, 1)
+    d = pvd.unflatten(-(g + g1) / n)
+    cand = pvd.solve(1, 0, d)  # processor 0 owns block 0 (layers 0, 1) and the classifier
+    moved_free = any(not torch.equal(cand[nm], pvd.x[nm]) for nm in pvd.names if pvd.group[nm] == 0)
+    assert moved_free
+    others = [nm for nm in pvd.names if pvd.group[nm] == 1]
+    delta = torch.cat([(cand[nm] - pvd.x[nm]).flatten() for nm in others])
+    direction = torch.cat([d[nm].flatten() for nm in others])
+    assert delta.norm() > 0
+    cos = torch.dot(delta, direction) / (delta.norm() * direction.norm())
+    assert abs(abs(cos.item()) - 1) < 1e-5  # one scalar mu times d
+
+
+@pytest.mark.parametrize("sync", ["best", "affine"])
+def test_synchronised_loss_never_exceeds_the_best_candidate(sync):
+    model, data, cfg = setup(iterations=3, steps=10, sync=sync, target_acc=2.0)
+    hist = PVD(model, data, cfg).run()
+    for loss, cands in zip(hist.loss, hist.candidate_loss):
+        assert loss <= min(cands) + 1e-12
+    assert len(hist.iteration) == 3 and hist.loss[-1] < hist.loss[0]
+
+
+def test_pvd_reaches_095_on_ellipse():
+    model, data, cfg = setup(n_layers=8, iterations=30, target_acc=0.95)
+    hist = PVD(model, data, cfg).run()
+    assert hist.test_acc[-1] >= 0.95
+    assert hist.theoretical_time_s[-1] > 0 and len(hist.proc_time_s[-1]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", ["best", "affine"])
+def test_two_processes_give_the_serial_parameters(sync):
+    model, data, cfg = setup(iterations=3, steps=15, sync=sync, target_acc=2.0)
+    model_copy = build_model("verlet", (2,), 2, 4, 0.5, width=4)
+    model_copy.load_state_dict(model.state_dict())
+    serial = run_serial(model_copy, data, cfg)
+    parallel = launch(parallel_worker, 2, (model, data, cfg, False), threads=1)
+    for name, value in serial["state_dict"].items():
+        torch.testing.assert_close(parallel["state_dict"][name], value, rtol=1e-5, atol=1e-6)
+    assert parallel["history"]["winner"] == serial["history"]["winner"]
+    assert not torch.equal(serial["state_dict"]["K.0"], model.state_dict()["K.0"])
+
+
+@pytest.mark.slow
+def test_a_failing_worker_ends_the_run_without_leftovers(tmp_path):
+    proc, seconds, leftovers = run_failing("PVD", "--fail-rank", 1, "--results-dir", tmp_path)
+    assert proc.returncode != 0
+    assert "processor 1 made to fail" in proc.stderr and "Traceback" in proc.stderr
+    assert seconds < 30
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_pvd_script_serial_mode_prints_both_times(tmp_path):
+    proc = run_script("PVD", "--parallel", 0, "--iterations", 2, "--target-acc", 2, "--results-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    res = json.loads(proc.stdout.strip().splitlines()[-1][len("RESULT "):])
+    assert res["iterations"] == 2 and res["theoretical_time_s"] > 0 and res["wall_time_s"] > 0
+    (run_dir,) = (tmp_path / "PVD").iterdir()
+    assert (run_dir / "pvd_time.png").is_file() and (run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--num-proc", 0], "NUM_PROC must be >= 1"),
+    (["--num-proc", 9], "NUM_PROC (9) cannot exceed the number of layers N (8)"),
+    (["--sync", "worst"], "unknown SYNC 'worst'; valid: best, affine"),
+])
+def test_pvd_bad_values_exit_2(tmp_path, args, message):
+    proc = run_script("PVD", *args, "--results-dir", tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
