@@ -1,6 +1,6 @@
 """Stable architectures (Haber & Ruthotto 2017), their registry and the training loop."""
 from .architectures import AntisymmetricResNet, HamiltonianNet, LeapfrogNet, ResNet
-from .base import ACTIVATIONS, PROLONG_METHODS, StableNet
+from .base import ACTIVATIONS, PROLONG_METHODS, StableNet, split_layers
 
 MODELS = {
     "resnet": ResNet,
@@ -32,4 +32,4 @@ def build_model(choice, in_shape, num_classes, n_layers, h, *, gamma=0.01, **kwa
 
 
 __all__ = ["ACTIVATIONS", "ALIASES", "MODELS", "PROLONG_METHODS", "AntisymmetricResNet",
-           "HamiltonianNet", "LeapfrogNet", "ResNet", "StableNet", "build_model", "model_name"]
+           "HamiltonianNet", "LeapfrogNet", "ResNet", "StableNet", "build_model", "model_name", "split_layers"]

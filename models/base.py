@@ -19,6 +19,19 @@ PROLONG_METHODS = ("interpolate", "copy")
 _LAYER_PARAM = re.compile(r"^(K|b)\.(\d+)$")
 
 
+def split_layers(n_layers, parts):
+    """``parts`` consecutive layer ranges [(ini, end), ...] of N layers, as equal as possible."""
+    if not 1 <= parts <= n_layers:
+        raise ValueError(f"cannot split {n_layers} layers into {parts} parts (need 1 <= parts <= layers)")
+    q, r = divmod(n_layers, parts)
+    bounds, ini = [], 0
+    for p in range(parts):
+        end = ini + q + (p < r)
+        bounds.append((ini, end))
+        ini = end
+    return bounds
+
+
 class LayerOps:
     """The linear operators K_j Y and K_j^T Y, dense or 3x3 convolutional.
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from datasets.batching import batch_bounds
+from models.base import split_layers
 from models.training import evaluate, make_optimizer
 
 SYNC_RULES = ("best", "affine")
@@ -106,16 +107,10 @@ class History:
 
 
 def layer_blocks(n_layers, num_proc):
-    """P consecutive layer ranges [(ini, end), ...] as equal as possible."""
+    """P consecutive layer ranges [(ini, end), ...], one per processor."""
     if not 1 <= num_proc <= n_layers:
         raise ValueError(f"NUM_PROC must be between 1 and the number of layers {n_layers}, got {num_proc}")
-    q, r = divmod(n_layers, num_proc)
-    bounds, ini = [], 0
-    for p in range(num_proc):
-        end = ini + q + (p < r)
-        bounds.append((ini, end))
-        ini = end
-    return bounds
+    return split_layers(n_layers, num_proc)
 
 
 class PVD:

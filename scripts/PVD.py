@@ -65,7 +65,7 @@ def main(argv=None):
     common.check(cfg.SYNC in SYNC_RULES, f"unknown SYNC {cfg.SYNC!r}; valid: {', '.join(SYNC_RULES)}")
     common.check(cfg.ITERATIONS >= 1, f"ITERATIONS must be >= 1, got {cfg.ITERATIONS}")
     common.check(cfg.THREADS >= 0, f"THREADS must be >= 0, got {cfg.THREADS}")
-    main_rank = not cfg.PARALLEL or int(__import__("os").environ.get("RANK", 0)) == 0
+    main_rank = not cfg.PARALLEL or common.is_main_process()
     data = common.load_data(cfg)
     torch.manual_seed(cfg.SEED)
     model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg))

@@ -206,6 +206,11 @@ class RunDir:
         return self.path / name
 
 
+def is_main_process():
+    """False only on the non-zero ranks of a torchrun launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def emit_result(result):
     """The last line of every script: RESULT followed by one JSON object."""
     print("RESULT " + json.dumps(result, default=float), flush=True)

@@ -80,19 +80,26 @@ def init_worker(rank, world_size, local_rank, local_world, *, threads=0, backend
     return DistContext(rank, world_size, device, backend)
 
 
+def _run_rank(ctx, fn, args, result_path=None):
+    """fn(ctx, *args) on one rank; rank 0's value is saved to ``result_path`` if given."""
+    try:
+        out = fn(ctx, *args)
+        if result_path is not None and ctx.is_main:
+            tmp = result_path + ".tmp"
+            torch.save(out, tmp)
+            os.replace(tmp, result_path)
+        dist.barrier()  # nobody tears the group down while a peer still uses it
+        return out
+    finally:
+        dist.destroy_process_group()
+
+
 def _entry(local_rank, world_size, port, fn, args, threads, backend, timeout_s, result_path):
     _die_with_parent()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ctx = init_worker(local_rank, world_size, local_rank, world_size, threads=threads, backend=backend,
                       timeout_s=timeout_s)
-    try:
-        out = fn(ctx, *args)
-        if ctx.is_main:
-            tmp = result_path + ".tmp"
-            torch.save(out, tmp)
-            os.replace(tmp, result_path)
-    finally:
-        dist.destroy_process_group()
+    _run_rank(ctx, fn, args, result_path)
 
 
 def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120):
@@ -102,10 +109,7 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120):
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         ctx = init_worker(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)), local_world,
                           threads=threads, backend=backend, timeout_s=timeout_s)
-        try:
-            return fn(ctx, *args)
-        finally:
-            dist.destroy_process_group()
+        return _run_rank(ctx, fn, args)
 
     with tempfile.TemporaryDirectory(prefix="launch-") as tmp:
         result_path = os.path.join(tmp, "result.pt")

@@ -1,0 +1,45 @@
+"""Multilevel synthetic-gradient training, serial: coarse network, then prolonged fine one.
+
+The coarse complex network (N layers per sub-network, step STEP_C) trains with true
+gradients through the cuts while the modules learn; each sub-network is then prolonged
+to 2N layers (step STEP_F) and the fine network trains with synthetic gradients.
+Compared with the fine network trained from scratch for the same fine epochs."""
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from scripts import common, sg_experiments  # noqa: E402
+
+DATASET = "DIGITS"  # DIGITS, MNIST, FASHION, CIFAR10, ELLIPSE or SWISS
+CHOICE = "verlet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
+CONV = False  # 3x3 convolutional layers (image sets only)
+M = 2  # number of sub-networks (M - 1 synthetic-gradient modules between them)
+N = 2  # coarse layers per sub-network (the fine network has 2N)
+STEP_C = 1.0  # coarse step size h
+LEARN_RATE_C = 3e-3  # coarse learning rate
+EPOCHS_C = 5  # coarse epochs (true gradients through the cuts, modules learning)
+STEP_F = 0.5  # fine step size (STEP_C / 2 keeps the prolonged function)
+LEARN_RATE_F = 1e-3  # fine learning rate
+EPOCHS_F = 5  # fine epochs (synthetic gradients)
+PROLONG = "interpolate"  # new layer weights: interpolate (Meganet) or copy (Chang et al.)
+GAMMA = 0.01  # diffusion gamma of the antisymmetric network
+ACTIVATION = "tanh"  # tanh or relu
+WIDTH = 0  # dense state width, input zero-padded to it (0: the input's features)
+CHANNELS = 8  # conv: channels of the state
+SG_MODULE = "linear"  # synthetic-gradient module: linear, mlp1 or mlp2 (hidden layers)
+SG_LEARN_RATE = 1e-3  # learning rate of the modules (Adam)
+OPTIMIZER = "adam"  # optimiser of the sub-networks: adam or sgd
+BATCH_SIZE = 64  # mini-batch size
+SEED = 0  # random seed
+DEVICE = "auto"  # serial parts: auto (cuda if present), cpu, cuda, ...
+DATA_ROOT = "data"  # where datasets are read, downloaded and cached
+RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+
+
+def main(argv=None):
+    sg_experiments.multilevel(__file__, common.configure(__file__, globals(), argv, __doc__))
+
+
+if __name__ == "__main__":
+    common.run(main)

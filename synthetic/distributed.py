@@ -1,0 +1,162 @@
+"""Distributed synthetic-gradient training: one sub-network per process.
+
+Stage i receives the state and labels of batch b from stage i-1 (stage 0 reads the
+data), sends its output on at once, steps on its module's synthetic gradient without
+waiting, and posts a receive for the true gradient of batch b.  When that gradient
+comes back from stage i+1 (at most ``max_in_flight`` batches later) the module
+regresses on it.  The last stage computes the loss and sends the gradient at its input
+back.  Point-to-point messages (isend/irecv) of torch.distributed; gloo or NCCL.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from datasets.batching import batch_bounds
+from models.training import DivergenceError, divergence_message, make_optimizer
+
+TAG_STATE, TAG_LABELS, TAG_GRAD = 0, 1, 2
+
+
+@dataclass
+class DistSGConfig:
+    epochs: int = 10
+    lr: float = 3e-3
+    sg_lr: float = 1e-3
+    batch_size: int = 64
+    optimizer: str = "adam"
+    max_in_flight: int = 1  # batches whose true gradient may still be outstanding
+    seed: int = 0
+    fail_stage: int = -1  # testing aid: this stage raises at its first batch (-1: none)
+    verbose: bool = True
+
+
+class _Pending:
+    """A batch whose true gradient is on its way back: the receive and what the module needs."""
+
+    def __init__(self, state, labels, bufs, works):
+        self.state, self.labels, self.bufs, self.works = state, labels, bufs, works
+
+    def wait(self):
+        for w in self.works:
+            w.wait()
+        return tuple(self.bufs)
+
+    def done(self):
+        return all(w.is_completed() for w in self.works)
+
+
+def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
+    """Rank i trains sub-network i (and module i).  Rank 0 returns the gathered result."""
+    M, i = ctx.world_size, ctx.rank
+    if M != cnet.num_stages:
+        raise ValueError(f"one process per sub-network: world size {M}, M {cnet.num_stages}")
+    dev = ctx.device
+    cnet = copy.deepcopy(cnet).to(dev)  # private copy: spawn shares the parent's tensors
+    x, y = data.x_train.to(dev), data.y_train.to(dev)
+    opt = make_optimizer(cfg.optimizer, cnet.stage_parameters(i), cfg.lr)
+    module = cnet.sg[i] if i < M - 1 else None
+    sg_opt = torch.optim.Adam(module.parameters(), lr=cfg.sg_lr) if module is not None else None
+    n_state = cnet.sg[0].n_state
+    state_shape = cnet.net.state_shape
+    last = i == M - 1
+
+    pending, sends = deque(), []
+    hist = {"epoch": [], "loss": [], "sg_mse": [], "sg_cos": [], "seconds": []}
+    stat = {"mse": torch.zeros((), device=dev), "cos": torch.zeros((), device=dev), "n": 0}
+
+    def train_module(p):
+        true = p.wait()
+        sg_loss, mse, cos = module.regress(p.state, p.labels, true)
+        sg_opt.zero_grad(set_to_none=True)
+        sg_loss.backward()
+        sg_opt.step()
+        stat["mse"] += mse
+        stat["cos"] += cos
+        stat["n"] += 1
+
+    def isend(t, dst, tag):
+        sends.append((t, dist.isend(t.contiguous(), dst, tag=tag)))
+
+    dist.barrier()
+    t_start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        perm = torch.randperm(len(y), generator=gen).to(dev) if i == 0 else None
+        loss_sum = torch.zeros((), device=dev)
+        for b, (lo, hi) in enumerate(batch_bounds(len(y), cfg.batch_size)):
+            if b == 0 and epoch == 1 and i == cfg.fail_stage:
+                raise RuntimeError(f"stage {i} made to fail (FAIL_STAGE={cfg.fail_stage})")
+            nb = hi - lo
+            if i == 0:
+                idx = perm[lo:hi]
+                inp, labels = x[idx], y[idx]
+            else:
+                bufs = [torch.empty(nb, *state_shape, device=dev) for _ in range(n_state)]
+                labels = torch.empty(nb, dtype=torch.long, device=dev)
+                works = [dist.irecv(t, i - 1, tag=TAG_STATE) for t in bufs]
+                works.append(dist.irecv(labels, i - 1, tag=TAG_LABELS))
+                for w in works:
+                    w.wait()
+                inp = tuple(t.requires_grad_() for t in bufs)
+            out = cnet.stage_forward(i, inp)
+            if last:
+                loss = F.cross_entropy(out, labels)
+                loss.backward()
+                loss_sum += loss.detach() * nb
+            else:
+                state = tuple(t.detach() for t in out)
+                for t in state:
+                    isend(t, i + 1, TAG_STATE)
+                isend(labels, i + 1, TAG_LABELS)
+                torch.autograd.backward(out, module.predict(state, labels))
+                bufs = [torch.empty_like(t) for t in state]
+                pending.append(_Pending(state, labels, bufs, [dist.irecv(t, i + 1, tag=TAG_GRAD) for t in bufs]))
+            if i > 0:
+                for t in inp:
+                    isend(t.grad, i - 1, TAG_GRAD)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            while pending and (len(pending) > cfg.max_in_flight or pending[0].done()):
+                train_module(pending.popleft())
+            sends = [(t, w) for t, w in sends if not w.is_completed()]
+        if last:
+            mean = loss_sum.item() / len(y)
+            if mean != mean or abs(mean) == float("inf"):
+                raise DivergenceError(divergence_message(cnet.net, cfg.lr, epoch))
+            hist["loss"].append(mean)
+            if cfg.verbose:
+                print(f"stage {i}: epoch {epoch:3d}  loss {mean:.4f}  {time.perf_counter() - t_epoch:.2f}s", flush=True)
+        if module is not None:
+            n = max(stat["n"], 1)
+            hist["sg_mse"].append(stat["mse"].item() / n)
+            hist["sg_cos"].append(stat["cos"].item() / n)
+            stat.update(mse=torch.zeros((), device=dev), cos=torch.zeros((), device=dev), n=0)
+        hist["epoch"].append(epoch)
+        hist["seconds"].append(time.perf_counter() - t_epoch)
+    while pending:
+        train_module(pending.popleft())
+    for _, w in sends:
+        w.wait()
+    dist.barrier()
+    train_time = time.perf_counter() - t_start
+
+    # every rank contributes the parameters it owns; the sum is the trained network
+    owned = set(map(id, cnet.stage_parameters(i))) | (set(map(id, module.parameters())) if module else set())
+    params = list(cnet.parameters())
+    flat = torch.cat([(p.detach() if id(p) in owned else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    histories = [None] * M
+    dist.all_gather_object(histories, hist)
+    if not ctx.is_main:
+        return None
+    torch.nn.utils.vector_to_parameters(flat, params)
+    return {"state_dict": {k: v.detach().cpu() for k, v in cnet.state_dict().items()},
+            "histories": histories, "train_time_s": train_time}
