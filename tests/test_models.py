@@ -5,7 +5,6 @@ import torch
 from models import MODELS, build_model
 from tests.helpers import operator_matrix
 
-torch.set_default_dtype(torch.float64)
 ARCHS = list(MODELS)
 
 
