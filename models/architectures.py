@@ -53,7 +53,8 @@ class AntisymmetricResNet(StableNet):
     def step(self, j, state):
         (Y,) = state
         ops = self.ops
-        return (Y + self.h * self.sigma(ops.apply(self.operator(j), Y) + ops.bias(self.b[j])),)
+        AY = ops.apply(ops.skew(self.K[j]), Y) - 0.5 * self.gamma * Y
+        return (Y + self.h * self.sigma(AY + ops.bias(self.b[j])),)
 
     def extra_repr(self):
         return super().extra_repr() + f", gamma={self.gamma}"

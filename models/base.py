@@ -54,16 +54,22 @@ class LayerOps:
         """Reshape a bias so that it broadcasts against the state."""
         return b.view(1, -1, 1, 1) if self.conv else b
 
+    def skew(self, K):
+        """1/2 (K - K^T) as one dense matrix or one 3x3 kernel (conv: K^T is flip(K^T))."""
+        if self.conv:
+            return 0.5 * (K - K.transpose(0, 1).flip(2, 3))
+        return 0.5 * (K - K.t())
+
     def antisymmetric(self, K, gamma):
         """The operator 1/2 (K - K^T - gamma I) as one dense matrix or one 3x3 kernel."""
+        A = self.skew(K)
+        eye = torch.zeros_like(A)
+        idx = torch.arange(K.shape[0], device=K.device)
         if self.conv:
-            A = 0.5 * (K - K.transpose(0, 1).flip(2, 3))
-            eye = torch.zeros_like(A)
-            idx = torch.arange(K.shape[0], device=K.device)
             eye[idx, idx, 1, 1] = 1.0
-            return A - 0.5 * gamma * eye
-        eye = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
-        return 0.5 * (K - K.t() - gamma * eye)
+        else:
+            eye[idx, idx] = 1.0
+        return A - 0.5 * gamma * eye
 
 
 class StableNet(nn.Module):
