@@ -16,6 +16,15 @@ class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+def preload():
+    """Import what torch's optimisers import lazily at their first step (torch._dynamo,
+    about a second), so that the clock of a run measures training, not that import."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:
+        pass
+
+
 def pick_device(name="auto"):
     """"auto" -> cuda when present, else cpu; otherwise the named device."""
     if name in (None, "", "auto"):

@@ -71,6 +71,9 @@ class LocalComm:
     def broadcast(self, t, src):
         return t
 
+    def barrier(self):
+        pass
+
 
 class Comm:
     """torch.distributed collectives on tensors (gloo or NCCL)."""
@@ -90,6 +93,9 @@ class Comm:
     def broadcast(self, t, src):
         dist.broadcast(t, src)
         return t
+
+    def barrier(self):
+        dist.barrier()
 
 
 @dataclass
@@ -286,6 +292,12 @@ class PVD:
     def _owner(self, block):
         return block if not isinstance(self.comm, LocalComm) else 0
 
+    def correct(self, x, y):
+        """Correct predictions of the current model on this process's share of x, y."""
+        r, w = self.comm.rank, self.comm.world_size
+        share = slice(r * len(y) // w, (r + 1) * len(y) // w)
+        return evaluate(self.model, x[share], y[share]) * len(y[share])
+
     def load_into_model(self):
         with torch.no_grad():
             for n, p in self.model.named_parameters():
@@ -296,17 +308,19 @@ class PVD:
         """Iterate to the target accuracy or the iteration limit; returns the History."""
         cfg = self.cfg
         hist = History()
+        self.comm.barrier()  # the clock starts when every processor is ready
         t_start = time.perf_counter()
         theoretical = 0.0
         for k in range(1, cfg.iterations + 1):
             loss, best, proc_times, cand_losses, t_sync = self.iteration(k)
             theoretical += max(proc_times) + t_sync
             model = self.load_into_model()
-            flag = torch.zeros(3, dtype=torch.float64, device=self._dev())
-            if self.comm.rank == 0:
-                flag[0] = evaluate(model, self.data.x_train, self.data.y_train)
-                flag[1] = evaluate(model, self.data.x_test, self.data.y_test)
-            flag = self.comm.broadcast(flag, 0).cpu()
+            flag = torch.tensor([self.correct(self.data.x_train, self.data.y_train),
+                                 self.correct(self.data.x_test, self.data.y_test)], dtype=torch.float64,
+                                device=self._dev())
+            flag = self.comm.all_reduce(flag).cpu()
+            flag[0] /= len(self.data.y_train)
+            flag[1] /= len(self.data.y_test)
             wall = time.perf_counter() - t_start
             for key, val in (("iteration", k), ("loss", loss), ("train_acc", float(flag[0])),
                              ("test_acc", float(flag[1])), ("wall_time_s", wall), ("theoretical_time_s", theoretical),

@@ -67,6 +67,9 @@ def _die_with_parent():
 
 def init_worker(rank, world_size, local_rank, local_world, *, threads=0, backend="auto", timeout_s=120):
     """Set threads, pick device and backend, join the process group; returns the context."""
+    from models.training import preload
+
+    preload()
     torch.set_num_threads(threads or default_threads(local_world))
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
