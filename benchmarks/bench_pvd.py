@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--step", type=float, default=0.5)
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each parallel phase")
-    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--target", type=float, default=0.97)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)

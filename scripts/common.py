@@ -228,8 +228,11 @@ def run(main, argv=None):
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (DivergenceError, WorkerFailed) as exc:
+    except DivergenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except WorkerFailed as exc:
+        print(f"error: a worker process failed; the run was stopped.\n{exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

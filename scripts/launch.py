@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
+import pickle
 import signal
 import socket
 import tempfile
@@ -105,6 +106,29 @@ def _entry(local_rank, world_size, port, fn, args, threads, backend, timeout_s, 
     _run_rank(ctx, fn, args, result_path)
 
 
+# Errors a worker raises because a peer went away: secondary to that peer's own error.
+_PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "DistBackendError", "DistNetworkError",
+                "Broken pipe", "Timed out", "timed out", "ProcessGroupGloo", "ProcessGroupNCCL")
+
+
+def _failure_report(procs, exc):
+    """Every failed worker's traceback, the ones that are not about a lost peer first."""
+    traces = []
+    for rank, path in enumerate(procs.error_files):
+        try:
+            with open(path, "rb") as fh:
+                traces.append((rank, pickle.load(fh)))
+        except (OSError, EOFError, pickle.UnpicklingError):
+            pass
+    if not traces:
+        return str(exc)
+    traces.sort(key=lambda rt: any(p in rt[1] for p in _PEER_ERRORS))
+    parts = [f"worker {rank} failed:\n{trace}" for rank, trace in traces[:1]]
+    parts += [f"worker {rank} failed too (most likely because of the above):\n{trace.strip().splitlines()[-1]}"
+              for rank, trace in traces[1:]]
+    return "\n".join(parts)
+
+
 def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120):
     """Run fn(ctx, *args) on nprocs ranks; return rank 0's value (each rank's under torchrun)."""
     if under_torchrun():
@@ -122,10 +146,8 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120):
         try:
             while not procs.join(timeout=0.5, grace_period=GRACE_S):
                 pass
-        except mp.ProcessRaisedException as exc:
-            raise WorkerFailed(str(exc)) from None
-        except mp.ProcessExitedException as exc:
-            raise WorkerFailed(str(exc)) from None
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+            raise WorkerFailed(_failure_report(procs, exc)) from None
         except BaseException:  # Ctrl-C or anything else in the parent: stop every worker
             for p in procs.processes:
                 if p.is_alive():

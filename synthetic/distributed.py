@@ -10,6 +10,7 @@ back.  Point-to-point messages (isend/irecv) of torch.distributed; gloo or NCCL.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from datasets.batching import batch_bounds
 from models.training import DivergenceError, divergence_message, make_optimizer
 
-TAG_STATE, TAG_LABELS, TAG_GRAD = 0, 1, 2
+TAG_STATE, TAG_GRAD = 0, 1
 
 
 @dataclass
@@ -37,19 +38,34 @@ class DistSGConfig:
     verbose: bool = True
 
 
+def pack(tensors, labels=None):
+    """One message per batch: the state tensors flattened side by side (and the labels)."""
+    parts = [t.detach().reshape(len(t), -1) for t in tensors]
+    if labels is not None:
+        parts.append(labels[:, None].to(parts[0].dtype))  # exact for class indices < 2^24
+    return torch.cat(parts, 1)
+
+
+def unpack(msg, n_state, state_shape, with_labels=False):
+    """Inverse of ``pack``: a tuple of state-shaped tensors (and the labels)."""
+    width = (msg.shape[1] - with_labels) // n_state
+    tensors = tuple(msg[:, k * width:(k + 1) * width].reshape(len(msg), *state_shape).contiguous()
+                    for k in range(n_state))
+    return (tensors, msg[:, -1].long()) if with_labels else tensors
+
+
 class _Pending:
     """A batch whose true gradient is on its way back: the receive and what the module needs."""
 
-    def __init__(self, state, labels, bufs, works):
-        self.state, self.labels, self.bufs, self.works = state, labels, bufs, works
+    def __init__(self, state, labels, buf, work):
+        self.state, self.labels, self.buf, self.work = state, labels, buf, work
 
     def wait(self):
-        for w in self.works:
-            w.wait()
-        return tuple(self.bufs)
+        self.work.wait()
+        return unpack(self.buf, len(self.state), self.state[0].shape[1:])
 
     def done(self):
-        return all(w.is_completed() for w in self.works)
+        return self.work.is_completed()
 
 
 def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
@@ -65,6 +81,7 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     sg_opt = torch.optim.Adam(module.parameters(), lr=cfg.sg_lr) if module is not None else None
     n_state = cnet.sg[0].n_state
     state_shape = cnet.net.state_shape
+    width = math.prod(state_shape)
     last = i == M - 1
 
     pending, sends = deque(), []
@@ -82,7 +99,7 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
         stat["n"] += 1
 
     def isend(t, dst, tag):
-        sends.append((t, dist.isend(t.contiguous(), dst, tag=tag)))
+        sends.append((t, dist.isend(t, dst, tag=tag)))
 
     dist.barrier()
     t_start = time.perf_counter()
@@ -99,13 +116,10 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
                 idx = perm[lo:hi]
                 inp, labels = x[idx], y[idx]
             else:
-                bufs = [torch.empty(nb, *state_shape, device=dev) for _ in range(n_state)]
-                labels = torch.empty(nb, dtype=torch.long, device=dev)
-                works = [dist.irecv(t, i - 1, tag=TAG_STATE) for t in bufs]
-                works.append(dist.irecv(labels, i - 1, tag=TAG_LABELS))
-                for w in works:
-                    w.wait()
-                inp = tuple(t.requires_grad_() for t in bufs)
+                msg = torch.empty(nb, n_state * width + 1, device=dev)
+                dist.irecv(msg, i - 1, tag=TAG_STATE).wait()
+                inp, labels = unpack(msg, n_state, state_shape, with_labels=True)
+                inp = tuple(t.requires_grad_() for t in inp)
             out = cnet.stage_forward(i, inp)
             if last:
                 loss = F.cross_entropy(out, labels)
@@ -113,15 +127,12 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
                 loss_sum += loss.detach() * nb
             else:
                 state = tuple(t.detach() for t in out)
-                for t in state:
-                    isend(t, i + 1, TAG_STATE)
-                isend(labels, i + 1, TAG_LABELS)
+                isend(pack(state, labels), i + 1, TAG_STATE)
                 torch.autograd.backward(out, module.predict(state, labels))
-                bufs = [torch.empty_like(t) for t in state]
-                pending.append(_Pending(state, labels, bufs, [dist.irecv(t, i + 1, tag=TAG_GRAD) for t in bufs]))
+                buf = torch.empty(nb, n_state * width, device=dev)
+                pending.append(_Pending(state, labels, buf, dist.irecv(buf, i + 1, tag=TAG_GRAD)))
             if i > 0:
-                for t in inp:
-                    isend(t.grad, i - 1, TAG_GRAD)
+                isend(pack([t.grad for t in inp]), i - 1, TAG_GRAD)
             opt.step()
             opt.zero_grad(set_to_none=True)
             while pending and (len(pending) > cfg.max_in_flight or pending[0].done()):
