@@ -78,7 +78,7 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     x, y = data.x_train.to(dev), data.y_train.to(dev)
     opt = make_optimizer(cfg.optimizer, cnet.stage_parameters(i), cfg.lr)
     module = cnet.sg[i] if i < M - 1 else None
-    sg_opt = torch.optim.Adam(module.parameters(), lr=cfg.sg_lr) if module is not None else None
+    sg_opt = make_optimizer("adam", module.parameters(), cfg.sg_lr) if module is not None else None
     n_state = cnet.sg[0].n_state
     state_shape = cnet.net.state_shape
     width = math.prod(state_shape)

@@ -11,8 +11,9 @@ from models.training import DivergenceError, divergence_message, make_optimizer
 
 
 def _sync(device):
+    """Wait for queued GPU work before reading the clock (a no-op on the CPU)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device)  # guarded: only when the device is a GPU (cuda.is_available)
 
 
 class SGTrainer:
@@ -30,7 +31,7 @@ class SGTrainer:
         self.cnet, self.true_gradients = cnet, true_gradients
         M = cnet.num_stages
         self.opts = [make_optimizer(optimizer, cnet.stage_parameters(i), lr) for i in range(M)]
-        self.sg_opts = [torch.optim.Adam(m.parameters(), lr=sg_lr) for m in cnet.sg]
+        self.sg_opts = [make_optimizer("adam", m.parameters(), sg_lr) for m in cnet.sg]
         self.lr = lr
 
     def train_batch(self, xb, yb, timed=False):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import datasets
 from models import build_model
-from models.training import evaluate
+from models.training import evaluate, make_optimizer
 from scripts.launch import launch
 from synthetic import ComplexNet, SGTrainer, SyntheticGradient
 from synthetic.distributed import DistSGConfig, stage_worker
@@ -68,7 +68,7 @@ def test_true_gradients_through_the_cuts_equal_backprop(arch, stages):
     cnet = digits_net(arch=arch, layers=6, stages=stages)
     whole = copy.deepcopy(cnet.net)
     trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
-    opt = torch.optim.Adam(whole.parameters(), lr=1e-2)
+    opt = make_optimizer("adam", whole.parameters(), 1e-2)
     for xb, yb in [(data.x_train[:64], data.y_train[:64]), (data.x_train[64:128], data.y_train[64:128])]:
         trainer.train_batch(xb, yb)
         opt.zero_grad()
