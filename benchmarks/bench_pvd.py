@@ -81,7 +81,8 @@ def main():
     print(f"(a)  speed-up of 2 processes over the serial mode, 1 thread each: {a:.2f} (median of {len(rounds)}; "
           f"{a_start:.2f} counting process start-up)")
     print(f"(a') speed-up over the serial mode with {cores} threads: {a_all:.2f}")
-    same = all(torch.allclose(par["state_dict"][k], v, rtol=1e-4, atol=1e-5) for k, v in ser1["state_dict"].items())
+    same = all(torch.allclose(par["state_dict"][k], v, rtol=1e-4, atol=1e-5)
+               for k, v in ser1["state_dict"].items())
 
     target_cfg = PVDConfig(iterations=50, target_acc=args.target, **base)
     _, par_t = parallel(target_cfg)
@@ -100,9 +101,9 @@ def main():
           f"({h['iteration'][-1]} iterations), Adam {cores} threads {t_adam:.2f}s ({epochs_adam} epochs): "
           f"ratio Adam/PVD {b:.2f}")
     save("pvd", {"config": vars(args), "a_speedup_same_threads": a, "a_speedup_with_startup": a_start,
-                 "a_prime_speedup_serial_all_cores": a_all, "rounds": rounds, "parallel_equals_serial": same, "b_pvd_to_target_s": t_pvd_target, "b_pvd_iterations":
-                 h["iteration"][-1], "b_adam_to_target_s": t_adam, "b_adam_epochs": epochs_adam,
-                 "b_ratio_adam_over_pvd": b})
+                 "a_prime_speedup_serial_all_cores": a_all, "rounds": rounds, "parallel_equals_serial": same,
+                 "b_pvd_to_target_s": t_pvd_target, "b_pvd_iterations": h["iteration"][-1],
+                 "b_adam_to_target_s": t_adam, "b_adam_epochs": epochs_adam, "b_ratio_adam_over_pvd": b})
 
 
 if __name__ == "__main__":

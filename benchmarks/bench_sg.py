@@ -40,27 +40,27 @@ def network(meta, layers_per_stage, h=STEP, seed=0, arch="verlet"):
     return ComplexNet(build_model(arch, meta.shape, meta.classes, 2 * layers_per_stage, h), 2)
 
 
-def compare(data, epochs, label, arch):
+def compare(data, epochs, label, arch, batch=BATCH):
     meta = data.info
     cnet = network(meta, 8, arch=arch)
-    out = launch(stage_worker, 2, (cnet, data, DistSGConfig(epochs=epochs, lr=LR, sg_lr=SG_LR, batch_size=BATCH,
+    out = launch(stage_worker, 2, (cnet, data, DistSGConfig(epochs=epochs, lr=LR, sg_lr=SG_LR, batch_size=batch,
                                                              verbose=False)), threads=1)
     sg_net = copy.deepcopy(cnet)
     sg_net.load_state_dict(out["state_dict"])
     t_sg, acc_sg = out["train_time_s"], evaluate(sg_net, data.x_test, data.y_test)
-    row = {"samples": len(data.y_train), "epochs": epochs, "sg_dist_s": t_sg, "sg_test_acc": acc_sg}
+    row = {"samples": len(data.y_train), "epochs": epochs, "batch_size": batch, "sg_dist_s": t_sg, "sg_test_acc": acc_sg}
     for threads in (1, os.cpu_count()):
         torch.set_num_threads(threads)
         net = copy.deepcopy(cnet.net)
         t0 = time.perf_counter()
-        fit(net, data.x_train, data.y_train, epochs=epochs, lr=LR, batch_size=BATCH, seed=0)
+        fit(net, data.x_train, data.y_train, epochs=epochs, lr=LR, batch_size=batch, seed=0)
         row[f"backprop_{threads}t_s"] = time.perf_counter() - t0
         row[f"backprop_{threads}t_test_acc"] = evaluate(net, data.x_test, data.y_test)
     cores = os.cpu_count()
     row["a_speedup_same_threads"] = row["backprop_1t_s"] / t_sg
     row["b_speedup_vs_all_cores"] = row[f"backprop_{cores}t_s"] / t_sg
     row["c_accuracy_gap_points"] = 100 * (row["backprop_1t_test_acc"] - acc_sg)
-    print(f"{label}, {arch}, 2 x 8 layers: {len(data.y_train)} samples x {epochs} epochs\n"
+    print(f"{label}, {arch}, 2 x 8 layers: {len(data.y_train)} samples x {epochs} epochs, batch {batch}\n"
           f"  distributed SG (2 x 1 thread) {t_sg:.1f}s, test acc {acc_sg:.4f}\n"
           f"  backprop 1 thread {row['backprop_1t_s']:.1f}s, test acc {row['backprop_1t_test_acc']:.4f}\n"
           f"  backprop {cores} threads {row[f'backprop_{cores}t_s']:.1f}s, test acc "
@@ -106,6 +106,7 @@ def main():
     parser.add_argument("--epochs-fashion", type=int, default=3)
     parser.add_argument("--fashion-samples", type=int, default=8000)
     parser.add_argument("--archs", default="verlet,resnet")
+    parser.add_argument("--fashion-batches", default="64,256")
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1] / "data"))
     args = parser.parse_args()
     results = {"config": vars(args)}
@@ -120,8 +121,8 @@ def main():
         print(f"FASHION skipped: {exc}")
     for arch in args.archs.split(","):
         results[f"digits_{arch}"] = compare(digits, args.epochs_digits, "DIGITS", arch)
-        if fashion is not None:
-            results[f"fashion_{arch}"] = compare(fashion, args.epochs_fashion, "FASHION", arch)
+        for batch in map(int, args.fashion_batches.split(",")) if fashion is not None else ():
+            results[f"fashion_{arch}_b{batch}"] = compare(fashion, args.epochs_fashion, "FASHION", arch, batch)
     results["multilevel_digits"] = multilevel(datasets.load("DIGITS"), 4, 4, 20)
     save("sg", results)
 

@@ -1,7 +1,6 @@
 """Helpers of the benchmarks: machine description, timing, JSON output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys

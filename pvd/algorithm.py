@@ -314,7 +314,7 @@ class PVD:
         for k in range(1, cfg.iterations + 1):
             loss, best, proc_times, cand_losses, t_sync = self.iteration(k)
             theoretical += max(proc_times) + t_sync
-            model = self.load_into_model()
+            self.load_into_model()
             flag = torch.tensor([self.correct(self.data.x_train, self.data.y_train),
                                  self.correct(self.data.x_test, self.data.y_test)], dtype=torch.float64,
                                 device=self._dev())

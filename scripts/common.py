@@ -218,8 +218,7 @@ def emit_result(result):
 
 def run(main, argv=None):
     """Run a script's main(): bad input -> one line on stderr and exit status 2."""
-    from models.training import DivergenceError
-    from models.training import preload
+    from models.training import DivergenceError, preload
     from scripts.launch import WorkerFailed
 
     try:

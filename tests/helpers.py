@@ -61,3 +61,33 @@ def run_failing(script, *args, timeout=60):
     seconds = time.perf_counter() - t0
     time.sleep(0.5)
     return proc, seconds, leftover_processes(marker)
+
+
+def interrupt_after(script, *args, wait_for="", timeout=60):
+    """Start a script in its own session, send Ctrl-C (SIGINT to its process group) once
+    ``wait_for`` appears in its output; returns (returncode, seconds to exit, leftovers, output)."""
+    import signal
+    import time
+    import uuid
+
+    marker = f"STABLE_TEST_{uuid.uuid4().hex}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", marker: "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    out = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        out.append(line)
+        if wait_for in line or time.monotonic() > deadline:
+            break
+    t0 = time.perf_counter()
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        rest, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        rest, _ = proc.communicate()
+    seconds = time.perf_counter() - t0
+    time.sleep(0.5)
+    return proc.returncode, seconds, leftover_processes(marker), "".join(out) + rest

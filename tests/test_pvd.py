@@ -6,7 +6,7 @@ import datasets
 from models import build_model
 from pvd import PVD, PVDConfig, layer_blocks, parallel_worker, run_serial
 from scripts.launch import launch
-from tests.helpers import run_failing, run_script
+from tests.helpers import result_of, run_failing, run_script
 
 torch.set_num_threads(1)
 
@@ -93,10 +93,7 @@ def test_a_failing_worker_ends_the_run_without_leftovers(tmp_path):
 
 @pytest.mark.slow
 def test_pvd_script_serial_mode_prints_both_times(tmp_path):
-    proc = run_script("PVD", "--parallel", 0, "--iterations", 2, "--target-acc", 2, "--results-dir", tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    import json
-    res = json.loads(proc.stdout.strip().splitlines()[-1][len("RESULT "):])
+    res = result_of(run_script("PVD", "--parallel", 0, "--iterations", 2, "--target-acc", 2, "--results-dir", tmp_path))
     assert res["iterations"] == 2 and res["theoretical_time_s"] > 0 and res["wall_time_s"] > 0
     (run_dir,) = (tmp_path / "PVD").iterdir()
     assert (run_dir / "pvd_time.png").is_file() and (run_dir / "metrics.json").is_file()
@@ -110,3 +107,17 @@ def test_pvd_script_serial_mode_prints_both_times(tmp_path):
 def test_pvd_bad_values_exit_2(tmp_path, args, message):
     proc = run_script("PVD", *args, "--results-dir", tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,first_line", [
+    ("PVD", ["--iterations", 10000, "--target-acc", 2], "iter   2"),
+    ("distSg", ["--epochs", 10000], "stage 1: epoch   2"),
+])
+def test_ctrl_c_stops_every_process(tmp_path, script, args, first_line):
+    from tests.helpers import interrupt_after
+
+    code, seconds, leftovers, output = interrupt_after(script, *args, "--results-dir", tmp_path, wait_for=first_line)
+    assert first_line in output
+    assert code == 130, output[-2000:]
+    assert seconds < 30 and leftovers == []

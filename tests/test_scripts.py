@@ -54,7 +54,7 @@ def test_architecture_scripts_read_mnist_idx_files(tmp_path, script, choice):
     (["--dataset", "MNIST", "--data-root", "EMPTY", "--epochs", 1], "put the four idx files"),
     (["--conv", "maybe"], "expected 0/1/true/false"),
 ])
-def test_bad_values_exit_2_with_one_line(tmp_path, args, message, monkeypatch):
+def test_bad_values_exit_2_with_one_line(tmp_path, args, message):
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "EMPTY").mkdir()
     args = [str(tmp_path / a) if a in ("FILE", "EMPTY") else a for a in args]
