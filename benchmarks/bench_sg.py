@@ -48,7 +48,8 @@ def compare(data, epochs, label, arch, batch=BATCH):
     sg_net = copy.deepcopy(cnet)
     sg_net.load_state_dict(out["state_dict"])
     t_sg, acc_sg = out["train_time_s"], evaluate(sg_net, data.x_test, data.y_test)
-    row = {"samples": len(data.y_train), "epochs": epochs, "batch_size": batch, "sg_dist_s": t_sg, "sg_test_acc": acc_sg}
+    row = {"samples": len(data.y_train), "epochs": epochs, "batch_size": batch, "sg_dist_s": t_sg,
+           "sg_test_acc": acc_sg}
     for threads in (1, os.cpu_count()):
         torch.set_num_threads(threads)
         net = copy.deepcopy(cnet.net)
