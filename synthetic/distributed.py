@@ -140,7 +140,7 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
             sends = [(t, w) for t, w in sends if not w.is_completed()]
         if last:
             mean = loss_sum.item() / len(y)
-            if mean != mean or abs(mean) == float("inf"):
+            if not math.isfinite(mean):
                 raise DivergenceError(divergence_message(cnet.net, cfg.lr, epoch))
             hist["loss"].append(mean)
             if cfg.verbose:
