@@ -49,10 +49,13 @@ def make_optimizer(name, params, lr):
     return OPTIMIZERS[name](params, lr=lr)
 
 
-def divergence_message(model, lr, epoch):
-    h = getattr(model, "h", None)
-    arch = getattr(model, "name", type(model).__name__)
-    return (f"the training loss became NaN/inf in epoch {epoch}: the step size h={h} is probably too "
+def check_finite(mean_loss, model, lr, epoch):
+    """Raise DivergenceError, naming the likely cause, if an epoch's loss is NaN or infinite."""
+    if not math.isfinite(mean_loss):
+        h = getattr(model, "h", None)
+        arch = getattr(model, "name", type(model).__name__)
+        raise DivergenceError(
+            f"the training loss became NaN/inf in epoch {epoch}: the step size h={h} is probably too "
             f"large for the {arch} architecture, or the learning rate {lr} too high; lower one of them")
 
 
@@ -89,8 +92,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
             sched.step()
         mean_loss = loss_sum.item() / len(y)
         seconds = time.perf_counter() - t0
-        if not math.isfinite(mean_loss):
-            raise DivergenceError(divergence_message(model, lr, epoch))
+        check_finite(mean_loss, model, lr, epoch)
         acc = correct.item() / len(y)
         for key, val in zip(history, (epoch, mean_loss, acc, seconds)):
             history[key].append(val)

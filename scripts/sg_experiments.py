@@ -16,8 +16,6 @@ from synthetic.distributed import DistSGConfig, stage_worker
 def _setup(cfg, *, stages, layers="N", steps=("STEP",)):
     meta, arch, device = common.resolve(cfg, layers_name=layers, step_names=steps)
     common.check(stages >= 2, f"M (sub-networks) must be >= 2, got {stages}")
-    common.check(getattr(cfg, layers) >= 1,
-                 f"fewer layers than sub-networks: {layers}={getattr(cfg, layers)} layers per sub-network")
     common.check(cfg.SG_MODULE in SG_MODULES,
                  f"unknown SG_MODULE {cfg.SG_MODULE!r}; valid: {', '.join(SG_MODULES)}")
     common.check(cfg.SG_LEARN_RATE > 0, f"SG_LEARN_RATE must be > 0, got {cfg.SG_LEARN_RATE}")

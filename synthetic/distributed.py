@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from datasets.batching import batch_bounds
-from models.training import DivergenceError, divergence_message, make_optimizer
+from models.training import check_finite, make_optimizer
 
 TAG_STATE, TAG_GRAD = 0, 1
 
@@ -140,8 +140,7 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
             sends = [(t, w) for t, w in sends if not w.is_completed()]
         if last:
             mean = loss_sum.item() / len(y)
-            if not math.isfinite(mean):
-                raise DivergenceError(divergence_message(cnet.net, cfg.lr, epoch))
+            check_finite(mean, cnet.net, cfg.lr, epoch)
             hist["loss"].append(mean)
             if cfg.verbose:
                 print(f"stage {i}: epoch {epoch:3d}  loss {mean:.4f}  {time.perf_counter() - t_epoch:.2f}s", flush=True)

@@ -1,14 +1,13 @@
 """Serial synthetic-gradient training of a complex network, and its multilevel scheme."""
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 
 from datasets.batching import batches
-from models.training import DivergenceError, divergence_message, make_optimizer
+from models.training import check_finite, make_optimizer
 
 
 def _sync(device):
@@ -96,8 +95,7 @@ class SGTrainer:
         _sync(x.device)
         wall = time.perf_counter() - t0
         mean_loss = loss_sum.item() / len(y)
-        if not math.isfinite(mean_loss):
-            raise DivergenceError(divergence_message(self.cnet.net, self.lr, epoch))
+        check_finite(mean_loss, self.cnet.net, self.lr, epoch)
         return {"loss": mean_loss, "sg_mse": (mse_sum / n_batches).tolist(), "sg_cos": (cos_sum / n_batches).tolist(),
                 "seconds": wall, "theoretical_s": wall - backward_total + backward_max if timed else wall}
 

@@ -6,7 +6,7 @@ import datasets
 from models import build_model
 from pvd import PVD, PVDConfig, layer_blocks, parallel_worker, run_serial
 from scripts.launch import launch
-from tests.helpers import result_of, run_failing, run_script
+from tests.helpers import interrupt_after, result_of, run_failing, run_script
 
 torch.set_num_threads(1)
 
@@ -115,8 +115,6 @@ def test_pvd_bad_values_exit_2(tmp_path, args, message):
     ("distSg", ["--epochs", 10000], "stage 1: epoch   2"),
 ])
 def test_ctrl_c_stops_every_process(tmp_path, script, args, first_line):
-    from tests.helpers import interrupt_after
-
     code, seconds, leftovers, output = interrupt_after(script, *args, "--results-dir", tmp_path, wait_for=first_line)
     assert first_line in output
     assert code == 130, output[-2000:]
