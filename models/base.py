@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+def identity(x):
+    """The linear activation sigma(x) = x: the networks become linear (for analysis)."""
+    return x
+
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "identity": identity}
 PROLONG_METHODS = ("interpolate", "copy")
 _LAYER_PARAM = re.compile(r"^(K|b)\.(\d+)$")
 
@@ -85,7 +91,7 @@ class StableNet(nn.Module):
             from its d features to W (an augmented state, d <= W). Default d.
         channels: conv only. The number C of channels of the state; the image is lifted
             to C channels by a learned 3x3 convolution (the opening layer, no activation).
-        activation: "tanh" (default) or "relu".
+        activation: "tanh" (default), "relu" or "identity" (a linear network, for analysis).
 
     The state passed between layers is a tuple of tensors whose first entry is Y;
     Verlet and leapfrog carry a second one (Z, or Y_{j-1}), so that ``integrate`` can

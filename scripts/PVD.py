@@ -24,8 +24,8 @@ CONV = False  # 3x3 convolutional layers (image sets only)
 N = 8  # number of layers (split into NUM_PROC blocks)
 STEP = 0.5  # step size h
 GAMMA = 0.01  # diffusion gamma of the antisymmetric network
-ACTIVATION = "tanh"  # tanh or relu
-WIDTH = 4  # dense state width, input zero-padded to it (0: the input's features)
+ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
+WIDTH = 4  # dense state width, at least the input's features: smaller inputs are zero-padded to it
 CHANNELS = 8  # conv: channels of the state
 NUM_PROC = 2  # P: processors, one block of layers each
 PARALLEL = True  # 1: P real processes; 0: the serial mode (theoretical parallel time)
@@ -68,7 +68,7 @@ def main(argv=None):
     main_rank = not cfg.PARALLEL or common.is_main_process()
     data = common.load_data(cfg)
     torch.manual_seed(cfg.SEED)
-    model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg))
+    model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg, meta))
     pcfg = pvd_config(cfg, num_proc)
     run = common.RunDir(__file__, cfg, extra={"architecture": arch, "num_proc": num_proc}) if main_rank else None
     if main_rank:

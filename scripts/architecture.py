@@ -10,17 +10,29 @@ from models.training import evaluate, fit
 from scripts import common, plotting
 
 
-def _train(cfg, arch, meta, data, device, log):
+def build(cfg, arch, meta, device, n_layers=None, h=None):
+    """The network of the constants (cfg.N layers of step cfg.STEP unless given), seeded by cfg.SEED."""
     torch.manual_seed(cfg.SEED)
-    model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg)).to(device)
+    return build_model(arch, meta.shape, meta.classes, n_layers or cfg.N, h or cfg.STEP,
+                       **common.model_kwargs(cfg, meta)).to(device)
+
+
+def train(cfg, model, data, log):
+    """Fit ``model`` with the constants; returns (history, train/test accuracy and time)."""
     t0 = time.perf_counter()
     history = fit(model, data.x_train, data.y_train, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE,
                   batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, lr_step=cfg.LR_STEP,
-                  alpha_f=cfg.ALPHA_F if cfg.REG_F else 0.0, alpha_c=cfg.ALPHA_C if cfg.REG_C else 0.0,
-                  seed=cfg.SEED, log=log)
+                  alpha_f=cfg.ALPHA_F if getattr(cfg, "REG_F", False) else 0.0,
+                  alpha_c=cfg.ALPHA_C if getattr(cfg, "REG_C", False) else 0.0, seed=cfg.SEED, log=log)
     train_time = time.perf_counter() - t0
     result = {"train_acc": evaluate(model, data.x_train, data.y_train),
               "test_acc": evaluate(model, data.x_test, data.y_test), "train_time_s": train_time}
+    return history, result
+
+
+def _train(cfg, arch, meta, data, device, log):
+    model = build(cfg, arch, meta, device)
+    history, result = train(cfg, model, data, log)
     return model, history, result
 
 
@@ -44,6 +56,7 @@ def train_toy(script_file, cfg):
     """Train all four architectures on a toy set; table, figure and one RESULT."""
     cfg = cfg.replace(CHOICE="resnet")  # validated once; every architecture is trained below
     meta, _, device = common.resolve(cfg)
+    common.check(not meta.image, f"this script trains on the toy sets ELLIPSE or SWISS, got {meta.name}")
     data = common.load_data(cfg, device)
     run = common.RunDir(script_file, cfg, extra={"device": str(device)})
     print(f"{meta.name}: {len(data.y_train)} train / {len(data.y_test)} validation points, "

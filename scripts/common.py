@@ -122,9 +122,7 @@ def resolve(cfg, *, layers_name="N", step_names=("STEP",)):
     check(not cfg.CONV or meta.image,
           f"CONV needs an image dataset; {meta.name} has {meta.features} plain features "
           f"(image sets: {', '.join(n for n, i in datasets.INFO.items() if i.image)})")
-    if not cfg.CONV and getattr(cfg, "WIDTH", 0):
-        check(cfg.WIDTH >= meta.features,
-              f"WIDTH must be 0 (the input's {meta.features} features) or >= {meta.features}, got {cfg.WIDTH}")
+    check(getattr(cfg, "WIDTH", 0) >= 0, f"WIDTH must be >= 0, got {getattr(cfg, 'WIDTH', 0)}")
     if meta.needs_files:
         root = Path(cfg.DATA_ROOT)
         check(not root.exists() or (root.is_dir() and os.access(root, os.R_OK | os.X_OK)),
@@ -132,13 +130,16 @@ def resolve(cfg, *, layers_name="N", step_names=("STEP",)):
     return meta, arch, device
 
 
-def model_kwargs(cfg):
-    """Keyword arguments of models.build_model taken from the constants."""
+def model_kwargs(cfg, meta):
+    """Keyword arguments of models.build_model taken from the constants.
+
+    WIDTH is a minimum: a dense state is max(WIDTH, the input's features) wide, so that
+    one WIDTH suits every dataset (the toy sets are padded, the image sets are not)."""
     kw = {"conv": bool(cfg.CONV), "activation": cfg.ACTIVATION, "gamma": getattr(cfg, "GAMMA", 0.01)}
     if cfg.CONV:
         kw["channels"] = getattr(cfg, "CHANNELS", 8)
-    elif getattr(cfg, "WIDTH", 0):
-        kw["width"] = cfg.WIDTH
+    else:
+        kw["width"] = max(getattr(cfg, "WIDTH", 0), meta.features)
     return kw
 
 

@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
 CLASS_COLOURS = ("tab:blue", "tab:orange")
@@ -71,4 +72,125 @@ def toy_figure(path, models, data, *, n_traj=12, resolution=200):
             ax.plot(traj[:, i, 0], traj[:, i, 1], "-", lw=0.8, c=CLASS_COLOURS[int(y_all[idx])])
             ax.plot(traj[-1, i, 0], traj[-1, i, 1], "o", ms=3, c=CLASS_COLOURS[int(y_all[idx])])
         ax.set_title(f"{name}: Y_j, coordinates 1-2")
+    _save(fig, path)
+
+
+# ---- stability diagnostics (scripts/stability.py) ----------------------------------------
+
+SCHEME_LABELS = {"resnet": "forward Euler", "verlet": "Verlet", "leapfrog": "leapfrog"}
+
+
+def phase_plane_figure(path, phase, h):
+    """Rows: schemes; columns: K. Each starting point's path, start (grey) and end (coloured)."""
+    labels = list(phase)
+    schemes = list(next(iter(phase.values())))
+    fig, axes = plt.subplots(len(schemes), len(labels), figsize=(3.6 * len(labels), 3.4 * len(schemes)),
+                             squeeze=False)
+    for c, label in enumerate(labels):
+        for r, scheme in enumerate(schemes):
+            run, ax = phase[label][scheme], axes[r][c]
+            traj = run["trajectory"]  # (N + 1, B, 2)
+            colours = plt.cm.viridis(torch.linspace(0, 1, traj.shape[1]).numpy())
+            for i in range(traj.shape[1]):
+                ax.plot(traj[:, i, 0], traj[:, i, 1], "-", lw=0.7, c=colours[i])
+            ax.scatter(traj[0, :, 0], traj[0, :, 1], s=6, c="0.6", zorder=3)
+            ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=9, c=colours, zorder=4)
+            ax.set_title(f"{SCHEME_LABELS.get(scheme, scheme)}, K {label}\ndistance x{run['growth']:.3f}", fontsize=9)
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.grid(alpha=0.3)
+    n_layers = next(iter(phase.values()))[schemes[0]]["trajectory"].shape[0] - 1
+    fig.suptitle(f"{n_layers} identical layers, h = {h}: grey start, coloured end")
+    _save(fig, path)
+
+
+def _log_axis(ax):
+    """A logarithmic y axis with plain numbers (0.5, 2) as tick labels."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+
+
+def _depth_colours(depths):
+    return dict(zip(depths, plt.cm.plasma(torch.linspace(0, 0.85, len(depths)).numpy())))
+
+
+def growth_figure(path, probes, final_time):
+    """Row 1: ||dY_j|| / ||dY_0|| (median, quartiles) against t = j h; row 2: the largest singular
+    value of dY_j/dY_0 (mean over samples); dashed at initialisation, solid trained."""
+    archs = list(probes)
+    fig, axes = plt.subplots(2, len(archs), figsize=(4.2 * len(archs), 7.0), squeeze=False, sharex=True)
+    for c, arch in enumerate(archs):
+        colours = _depth_colours(list(probes[arch]))
+        for n, pair in probes[arch].items():
+            for when, style in (("init", "--"), ("trained", "-")):
+                p = pair[when]
+                t = torch.arange(n + 1) * final_time / n
+                q = torch.quantile(p["growth"], torch.tensor([0.25, 0.5, 0.75], dtype=p["growth"].dtype), dim=1)
+                label = f"N={n}" if when == "trained" else None
+                axes[0][c].plot(t, q[1], style, c=colours[n], lw=1, label=label)
+                if when == "trained":
+                    axes[0][c].fill_between(t, q[0], q[2], color=colours[n], alpha=0.15, lw=0)
+                tl = torch.tensor(p["layers"]) * final_time / n
+                axes[1][c].plot(tl, p["sigma"].mean(1), style, marker=".", c=colours[n], lw=1, label=label)
+        axes[0][c].set_title(f"{arch}: ||dY_j|| / ||dY_0||", fontsize=10)
+        axes[1][c].set_title(f"{arch}: largest singular value of dY_j/dY_0", fontsize=10)
+        for ax in axes[:, c]:
+            _log_axis(ax)
+        axes[1][c].set_xlabel("t = j h")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("perturbation growth through the layers: dashed at initialisation, solid after training")
+    _save(fig, path)
+
+
+def spectra_figure(path, spectra, depth):
+    """Eigenvalues of every layer's step-map Jacobian at the data, with the unit circle."""
+    archs = list(spectra)
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.0 * len(archs), 4.0), squeeze=False)
+    circle = torch.linspace(0, 2 * torch.pi, 400)
+    for ax, arch in zip(axes[0], archs):
+        for when, colour, size in (("init", "0.65", 3), ("trained", "tab:red", 4)):
+            ev = spectra[arch][when].flatten()
+            ax.scatter(ev.real, ev.imag, s=size, c=colour, alpha=0.5, lw=0,
+                       label=f"{when}: max |lambda| {ev.abs().max():.4f}")
+        ax.plot(torch.cos(circle), torch.sin(circle), "k-", lw=0.8)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_title(f"{arch}, N={depth}", fontsize=10)
+        ax.set_xlabel("Re")
+        ax.legend(fontsize=7, loc="lower left")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("Im")
+    fig.suptitle("eigenvalues of each layer's step-map Jacobian at the data, and the unit circle")
+    _save(fig, path)
+
+
+def depth_figure(path, results, histories):
+    """Top: test accuracy, final training loss, training time and end-to-end growth against N;
+    bottom: each architecture's loss curves, one per depth."""
+    archs = list(results)
+    fig, axes = plt.subplots(2, max(4, len(archs)), figsize=(4.2 * max(4, len(archs)), 7.2), squeeze=False)
+    top = (("accuracy_by_depth", "test accuracy"), ("loss_by_depth", "final training loss"),
+           ("time_by_depth", "training time (s)"), ("growth_trained", "||dY_N|| / ||dY_0||, trained (init dashed)"))
+    for ax, (key, title) in zip(axes[0], top):
+        for k, arch in enumerate(archs):
+            depths = [int(n) for n in results[arch][key]]
+            line, = ax.plot(depths, list(results[arch][key].values()), "o-", ms=3, label=arch)
+            if key == "growth_trained":
+                ax.plot(depths, list(results[arch]["growth_init"].values()), "--", c=line.get_color(), lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3, which="both")
+        if key in ("loss_by_depth", "growth_trained"):
+            _log_axis(ax)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("layers N (h = T / N)")
+        ax.set_title(title, fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    for ax, arch in zip(axes[1], archs):
+        colours = _depth_colours(list(histories[arch]))
+        for n, hist in histories[arch].items():
+            ax.plot(hist["epoch"], hist["loss"], c=colours[n], label=f"N={n}")
+        _log_axis(ax)
+        ax.set_title(f"{arch}: training loss", fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[1][0].legend(fontsize=7)
     _save(fig, path)

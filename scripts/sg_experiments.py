@@ -30,7 +30,7 @@ def _setup(cfg, *, stages, layers="N", steps=("STEP",)):
 
 def complex_net(cfg, meta, arch, stages, layers_per_stage, h):
     torch.manual_seed(cfg.SEED)
-    net = build_model(arch, meta.shape, meta.classes, stages * layers_per_stage, h, **common.model_kwargs(cfg))
+    net = build_model(arch, meta.shape, meta.classes, stages * layers_per_stage, h, **common.model_kwargs(cfg, meta))
     return ComplexNet(net, stages, sg_kind=cfg.SG_MODULE)
 
 
