@@ -121,8 +121,9 @@ def run_stability(script_file, cfg):
             r["loss_by_depth"][key] = mean_loss(model, data.x_train, data.y_train)
             r["time_by_depth"][key] = res["train_time_s"]
             print(f"{arch:<14} {n:>4} {cfg.FINAL_TIME / n:>7.4f} {res['test_acc']:>8.4f} "
-                  f"{r['loss_by_depth'][key]:>10.4f} {res['train_time_s']:>8.1f} {r['growth_init'][key]:>11.3f} {r['growth_trained'][key]:>8.3f} "
-                  f"{r['sigma_init'][key]:>10.3f} {r['sigma_trained'][key]:>8.3f}")
+                  f"{r['loss_by_depth'][key]:>10.4f} {res['train_time_s']:>8.1f} "
+                  + "".join(f"{r[k][key]:>{w}.3f}" for k, w in (("growth_init", 12), ("growth_trained", 9),
+                                                                 ("sigma_init", 11), ("sigma_trained", 9))))
         r["max_abs_step_eigenvalue"] = spectra[arch]["trained"].abs().max().item()
         r["max_abs_step_eigenvalue_init"] = spectra[arch]["init"].abs().max().item()
         results[arch] = r
