@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 from datasets.batching import batches
+from models.checkpoint import rng_state, set_rng_state
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -59,8 +61,38 @@ def check_finite(mean_loss, model, lr, epoch):
             f"large for the {arch} architecture, or the learning rate {lr} too high; lower one of them")
 
 
+def progress_bar(total, desc=""):
+    """A tqdm bar over an epoch's batches, on a terminal only (never in logs or CI), shown
+    once the epoch has run for 3 seconds; None when the output is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", delay=3, leave=False, dynamic_ncols=True)
+
+
+class Progress:
+    """Batches per second and the running loss on a progress bar (reads the loss every
+    ``every`` batches only: on a GPU each read waits for the queued work)."""
+
+    def __init__(self, total, desc="", every=20):
+        self.bar, self.every, self.n = progress_bar(total, desc), every, 0
+
+    def step(self, loss_sum, count):
+        if self.bar is None:
+            return
+        self.n += 1
+        self.bar.update(1)
+        if self.n % self.every == 0:
+            self.bar.set_postfix(loss=f"{float(loss_sum) / max(count, 1):.4f}", refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_gamma=0.5,
-        alpha_f=0.0, alpha_c=0.0, seed=0, log=None):
+        alpha_f=0.0, alpha_c=0.0, seed=0, log=None, resume=None, on_epoch_end=None):
     """Train ``model`` on the tensors x, y (already on the model's device).
 
     Cross-entropy on the logits, plus the paper's regularisers when alpha_f/alpha_c > 0.
@@ -68,17 +100,40 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     ``log`` (e.g. print) receives one progress line per epoch.  Returns the history:
     per-epoch loss, train accuracy (on the fly, during the epoch) and seconds.
     Raises DivergenceError if the loss becomes NaN or infinite.
+
+    ``on_epoch_end(epoch, state)`` is called after every epoch with a function that builds
+    the training state (model, optimiser, scheduler, random generators, history, epoch);
+    given back as ``resume``, that state continues the run after its epoch exactly as if it
+    had never stopped (the same batches, the same parameters, bit for bit).
     """
     opt = make_optimizer(optimizer, model.parameters(), lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step > 0 else None
     gen = torch.Generator().manual_seed(seed)
     regularised = bool(alpha_f or alpha_c)
     history = {"epoch": [], "loss": [], "train_acc": [], "seconds": []}
+    start = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"], gen)
+        history = {k: list(v) for k, v in resume["history"].items()}
+        start = resume["epoch"] + 1
+
+    def state(epoch):
+        return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "rng": rng_state(gen),
+                "history": history}
+
     model.train()
-    for epoch in range(1, epochs + 1):
+    n_batches = -(-len(y) // batch_size)
+    for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
+        bar = Progress(n_batches, f"epoch {epoch}")
+        seen = 0
         for xb, yb in batches(x, y, batch_size, shuffle=True, generator=gen):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
@@ -88,6 +143,9 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
             opt.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+            bar.step(loss_sum, seen)
+        bar.close()
         if sched is not None:
             sched.step()
         mean_loss = loss_sum.item() / len(y)
@@ -98,6 +156,8 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
             history[key].append(val)
         if log is not None:
             log(f"epoch {epoch:4d}  loss {mean_loss:.4f}  train acc {acc:.4f}  {seconds:.2f}s")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, lambda epoch=epoch: state(epoch))
     return history
 
 

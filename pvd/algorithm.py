@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -33,6 +33,7 @@ from torch.func import functional_call
 
 from datasets.batching import batch_bounds
 from models.base import split_layers
+from models.checkpoint import fail_once
 from models.training import evaluate, make_optimizer
 
 SYNC_RULES = ("best", "affine")
@@ -54,7 +55,9 @@ class PVDConfig:
     target_acc: float = 1.0  # stop once the test (validation) accuracy reaches it
     train_classifier: bool = True  # every processor trains the classifier (else it gets a mu)
     seed: int = 0
-    fail_rank: int = -1  # testing aid: this processor raises in iteration 1 (-1: none)
+    fail_rank: int = -1  # testing aid: this processor fails in iteration fail_iteration (-1: none)
+    fail_iteration: int = 1  # ... in the first attempt only (a restarted group goes on)
+    fail_mode: str = "raise"  # raise an exception, or "kill": the process sends itself SIGKILL
 
 
 class LocalComm:
@@ -186,8 +189,8 @@ class PVD:
     def solve(self, k, l, d):
         """The parallel phase of processor l: returns its candidate parameters."""
         cfg, P = self.cfg, self.cfg.num_proc
-        if k == 1 and l == cfg.fail_rank:
-            raise RuntimeError(f"processor {l} made to fail (FAIL_RANK={cfg.fail_rank})")
+        if k == cfg.fail_iteration and l == cfg.fail_rank:
+            fail_once(f"processor {l} made to fail in iteration {k} (FAIL_RANK={cfg.fail_rank})", cfg.fail_mode)
         own = {l, P} if cfg.train_classifier else {l}
         free = {n: self.x[n].clone().requires_grad_() for n in self.names if self.group[n] in own}
         mu = torch.zeros(P + 1, device=d[self.names[0]].device, requires_grad=True)
@@ -304,14 +307,30 @@ class PVD:
                 p.copy_(self.x[n])
         return self.model
 
-    def run(self, log=None):
-        """Iterate to the target accuracy or the iteration limit; returns the History."""
+    def state(self, hist):
+        """What continues the run after its last iteration: the synchronised parameters and
+        the history (each iteration's randomness is keyed by the seed and its index)."""
+        return {"epoch": hist.iteration[-1], "iteration": hist.iteration[-1],
+                "x": {n: t.detach().cpu() for n, t in self.x.items()}, "history": asdict(hist)}
+
+    def run(self, log=None, resume=None, on_iteration_end=None):
+        """Iterate to the target accuracy or the iteration limit; returns the History.
+
+        ``resume``, a ``state``, continues after its iteration as if the run had never
+        stopped; ``on_iteration_end(k, state)`` gets a function building that state."""
         cfg = self.cfg
-        hist = History()
+        hist, start, t_offset, theoretical = History(), 1, 0.0, 0.0
+        if resume is not None:
+            self.x = {n: resume["x"][n].to(self._dev()).clone() for n in self.names}
+            self.load_into_model()
+            hist = History(**{k: list(v) for k, v in resume["history"].items()})
+            start = resume["iteration"] + 1
+            t_offset, theoretical = hist.wall_time_s[-1], hist.theoretical_time_s[-1]
+            if hist.test_acc[-1] >= cfg.target_acc:
+                return hist
         self.comm.barrier()  # the clock starts when every processor is ready
-        t_start = time.perf_counter()
-        theoretical = 0.0
-        for k in range(1, cfg.iterations + 1):
+        t_start = time.perf_counter() - t_offset
+        for k in range(start, cfg.iterations + 1):
             loss, best, proc_times, cand_losses, t_sync = self.iteration(k)
             theoretical += max(proc_times) + t_sync
             self.load_into_model()
@@ -330,6 +349,8 @@ class PVD:
             if log is not None:
                 log(f"iter {k:3d}  loss {loss:.4f}  train acc {flag[0]:.4f}  test acc {flag[1]:.4f}  "
                     f"best block {best}  wall {wall:.1f}s  theoretical {theoretical:.1f}s")
+            if on_iteration_end is not None:
+                on_iteration_end(k, lambda: self.state(hist))
             if flag[1] >= cfg.target_acc:
                 break
         return hist

@@ -45,7 +45,12 @@ SEED = 0  # random seed
 DEVICE = "auto"  # serial mode: auto, cpu, cuda, ... (parallel: NCCL when each rank has a GPU)
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
-FAIL_RANK = -1  # testing aid: this processor raises in iteration 1 (-1: none)
+CHECKPOINT_EVERY = 1  # save a checkpoint in the run directory every this many iterations (0: never)
+RESUME = ""  # a run directory to continue, with its own constants (ITERATIONS may grow)
+MAX_RESTARTS = 0  # restarts of the whole group after a failure, from the latest checkpoint (0: fail fast)
+FAIL_RANK = -1  # testing aid: this processor fails in iteration FAIL_ITERATION (-1: none)
+FAIL_ITERATION = 1  # testing aid: ... in this iteration, in the first attempt only (a restart goes on)
+FAIL_MODE = "raise"  # testing aid: raise an exception, or kill: the processor sends itself SIGKILL
 
 
 def pvd_config(cfg, num_proc):
@@ -53,11 +58,11 @@ def pvd_config(cfg, num_proc):
                      lr=cfg.LEARN_RATE, optimizer=cfg.OPTIMIZER, batch_size=cfg.BATCH_SIZE,
                      direction_batches=cfg.DIRECTION_BATCHES, sync_batches=cfg.SYNC_BATCHES, sync=cfg.SYNC,
                      target_acc=cfg.TARGET_ACC, train_classifier=cfg.TRAIN_CLASSIFIER, seed=cfg.SEED,
-                     fail_rank=cfg.FAIL_RANK)
+                     fail_rank=cfg.FAIL_RANK, fail_iteration=cfg.FAIL_ITERATION, fail_mode=cfg.FAIL_MODE)
 
 
 def main(argv=None):
-    cfg = common.configure(__file__, globals(), argv, __doc__)
+    cfg, resume_path = common.resume_constants(__file__, common.configure(__file__, globals(), argv, __doc__))
     meta, arch, device = common.resolve(cfg)
     num_proc = world_size_for(cfg.NUM_PROC) if cfg.PARALLEL else cfg.NUM_PROC
     common.check(num_proc >= 1, f"NUM_PROC must be >= 1, got {num_proc}")
@@ -70,16 +75,21 @@ def main(argv=None):
     torch.manual_seed(cfg.SEED)
     model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg, meta))
     pcfg = pvd_config(cfg, num_proc)
-    run = common.RunDir(__file__, cfg, extra={"architecture": arch, "num_proc": num_proc}) if main_rank else None
+    run = common.RunDir(__file__, cfg, extra={"architecture": arch, "num_proc": num_proc},
+                        path=resume_path) if main_rank else None
+    saver = common.Checkpointer(run.path, cfg, cfg.ITERATIONS) if main_rank else None
+    if main_rank and resume_path:
+        common.load_checkpoint(run.path)  # a damaged or unsafe checkpoint stops here, with one line
     if main_rank:
         mode = f"{num_proc} processes" if cfg.PARALLEL else "serial mode"
         print(f"PVD ({mode}, sync={cfg.SYNC}) of {arch}, N={cfg.N}, h={cfg.STEP} on {meta.name}; "
               f"results in {run.path}", flush=True)
     if cfg.PARALLEL:
-        out = launch(parallel_worker, num_proc, (model, data, pcfg), threads=cfg.THREADS)
+        out = launch(parallel_worker, num_proc, (model, data, pcfg, True, saver), threads=cfg.THREADS,
+                     max_restarts=cfg.MAX_RESTARTS)
     else:
         torch.set_num_threads(cfg.THREADS or torch.get_num_threads())
-        out = run_serial(model.to(device), data.to(device), pcfg, log=lambda s: print(s, flush=True))
+        out = run_serial(model.to(device), data.to(device), pcfg, log=lambda s: print(s, flush=True), saver=saver)
     if not main_rank:
         return
     hist = out["history"]

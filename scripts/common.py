@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -31,16 +32,22 @@ def check(condition, message):
 
 
 class Config:
-    """The constants of one run, readable as attributes (cfg.EPOCHS)."""
+    """The constants of one run, readable as attributes (cfg.EPOCHS); ``given`` names those
+    set on the command line."""
 
-    def __init__(self, values):
+    def __init__(self, values, given=()):
         self.__dict__.update(values)
+        self._given = frozenset(given)
+
+    @property
+    def given(self):
+        return self._given
 
     def as_dict(self):
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def replace(self, **changes):
-        return Config({**self.__dict__, **changes})
+        return Config({**self.as_dict(), **changes}, self._given)
 
 
 def _parse_bool(text):
@@ -82,12 +89,15 @@ def configure(script_file, namespace, argv=None, doc=None):
     parser = _Parser(
         prog=Path(script_file).name, description=(doc or "").strip().split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    given = _Parser(prog=Path(script_file).name, argument_default=argparse.SUPPRESS, add_help=False)
     consts = constants_of(script_file, namespace)
     for name, default, comment in consts:
-        parser.add_argument("--" + name.lower().replace("_", "-"), dest=name, type=_typed(default),
-                            default=default, metavar=type(default).__name__.upper(),
-                            help=comment.replace("%", "%%"))
-    return Config(vars(parser.parse_args(argv)))
+        flag = "--" + name.lower().replace("_", "-")
+        parser.add_argument(flag, dest=name, type=_typed(default), default=default,
+                            metavar=type(default).__name__.upper(), help=comment.replace("%", "%%"))
+        given.add_argument(flag, dest=name, type=_typed(default))
+    values = vars(parser.parse_args(argv))
+    return Config(values, given=vars(given.parse_known_args(argv)[0]))
 
 
 # ---- validation shared by the scripts --------------------------------------------------
@@ -122,6 +132,10 @@ def resolve(cfg, *, layers_name="N", step_names=("STEP",)):
     check(not cfg.CONV or meta.image,
           f"CONV needs an image dataset; {meta.name} has {meta.features} plain features "
           f"(image sets: {', '.join(n for n, i in datasets.INFO.items() if i.image)})")
+    for name in ("CHECKPOINT_EVERY", "MAX_RESTARTS"):
+        check(getattr(cfg, name, 0) >= 0, f"{name} must be >= 0, got {getattr(cfg, name, 0)}")
+    check(getattr(cfg, "FAIL_MODE", "raise") in ("raise", "kill"),
+          f"unknown FAIL_MODE {getattr(cfg, 'FAIL_MODE', '')!r}; valid: raise, kill")
     check(getattr(cfg, "WIDTH", 0) >= 0, f"WIDTH must be >= 0, got {getattr(cfg, 'WIDTH', 0)}")
     if meta.needs_files:
         root = Path(cfg.DATA_ROOT)
@@ -154,6 +168,116 @@ def load_data(cfg, device=None, log=print):
     return data.to(device) if device is not None else data
 
 
+# ---- resuming a run ---------------------------------------------------------------------
+
+# Constants a resumed run may change: where and how it runs, not what it computes.
+RESUME_FREE = frozenset({"RESUME", "DEVICE", "DATA_ROOT", "RESULTS_DIR", "THREADS", "VERBOSE", "CHECKPOINT_EVERY",
+                         "MAX_RESTARTS", "FAIL_RANK", "FAIL_STAGE", "FAIL_EPOCH", "FAIL_ITERATION", "FAIL_MODE"})
+# Constants a resumed run may raise, to train longer.
+RESUME_GROW = frozenset({"EPOCHS", "EPOCHS_F", "ITERATIONS"})
+
+
+def _restart_marker(script_file, cfg):
+    """Under torchrun: the file naming this launch's run directory, so that the workers a
+    restart brings up (TORCHELASTIC_RESTART_COUNT > 0) continue the same run.  Keyed by the
+    rendezvous id and the launching agent's process id, both fixed across restarts."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{os.environ['TORCHELASTIC_RUN_ID']}-{os.getppid()}")
+    return Path(getattr(cfg, "RESULTS_DIR", "results")) / Path(script_file).stem / f".launch-{key}"
+
+
+def resume_constants(script_file, cfg):
+    """The constants of the run to continue, or (cfg, None) for a new run.
+
+    A run is continued when RESUME names its directory, or when torchrun restarted the
+    workers of a run this launch began.  The run's own constants are used; constants
+    given on the command line beside RESUME are changes, allowed for the RESUME_FREE ones
+    and as growth for RESUME_GROW, refused (UsageError) for the rest."""
+    path = getattr(cfg, "RESUME", "")
+    marker = _restart_marker(script_file, cfg)
+    if not path and marker is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        path = marker.read_text().strip() if marker.is_file() else ""
+    if not path:
+        return cfg, None
+    path = Path(path)
+    check((path / "config.json").is_file(), f"RESUME {str(path)!r} is not a run directory (it has no config.json)")
+    try:
+        saved = json.loads((path / "config.json").read_text())["constants"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"RESUME: cannot read {path / 'config.json'}: {exc}") from None
+    merged = {**cfg.as_dict(), **saved}
+    for name in sorted(cfg.given):
+        new, old = getattr(cfg, name), saved.get(name)
+        if name in RESUME_FREE or new == old or name not in saved:
+            merged[name] = new
+        elif name in RESUME_GROW:
+            check(new >= old, f"RESUME: {name} may grow, not shrink ({old} -> {new})")
+            merged[name] = new
+        else:
+            raise UsageError(f"RESUME: {name} differs from the run's ({old!r} -> {new!r}); a resumed run keeps the "
+                             f"constants of its network, data and training (only {', '.join(sorted(RESUME_GROW))} "
+                             "may grow)")
+    merged["RESUME"] = str(path)
+    return Config(merged, cfg.given), path
+
+
+def load_checkpoint(run_path, name="checkpoint"):
+    """The latest intact checkpoint of a run directory (UsageError if none is usable)."""
+    from models import checkpoint
+
+    try:
+        state, path = checkpoint.load(run_path, name)
+    except checkpoint.CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    if state is not None:
+        print(f"resuming from {path} (epoch {state.get('epoch', '?')})", flush=True)
+    return state
+
+
+def _unchanged(state):
+    return state
+
+
+class Checkpointer:
+    """Saves a run's state into its directory every CHECKPOINT_EVERY epochs and after the
+    last; counts the seconds it spends.  ``wrap`` turns a trainer's state into the file's."""
+
+    def __init__(self, run_path, cfg, last_epoch, name="checkpoint", wrap=None):
+        self.path, self.cfg, self.last, self.name = run_path, cfg, last_epoch, name
+        self.every = getattr(cfg, "CHECKPOINT_EVERY", 0)
+        self.wrap = wrap or _unchanged
+        self.seconds, self.count = 0.0, 0
+
+    def __call__(self, epoch, state):
+        from models import checkpoint
+
+        if self.path is None or self.every <= 0 or (epoch % self.every and epoch != self.last):
+            return
+        t0 = time.perf_counter()
+        checkpoint.save(self.path, {"constants": self.cfg.as_dict(), **self.wrap(state())}, self.name)
+        self.seconds += time.perf_counter() - t0
+        self.count += 1
+
+
+class PhaseStates:
+    """The latest training state of each phase of a run (each architecture of the toy
+    scripts, each level of the multilevel ones), saved together in one checkpoint."""
+
+    def __init__(self, state=None):
+        self.latest = dict(state["phases"]) if state else {}
+
+    def get(self, phase):
+        return self.latest.get(phase)
+
+    def wrap(self, phase):
+        """A Checkpointer ``wrap``: record ``phase``'s state beside the others' latest."""
+        def wrap(state):
+            self.latest[phase] = state
+            return {"epoch": state["epoch"], "phase": phase, "phases": dict(self.latest)}
+        return wrap
+
+
 # ---- run directory and results ----------------------------------------------------------
 
 def git_commit():
@@ -180,9 +304,18 @@ def write_json(path, obj):
 
 
 class RunDir:
-    """results/<script>/<timestamp>/ with config.json, metrics.json and figures."""
+    """results/<script>/<timestamp>/ with config.json, metrics.json and figures; ``path``
+    reopens an existing run directory (a resumed run) and records the resumption."""
 
-    def __init__(self, script_file, cfg, results_root=None, extra=None):
+    def __init__(self, script_file, cfg, results_root=None, extra=None, path=None):
+        if path is not None:
+            self.path = Path(path)
+            config = json.loads((self.path / "config.json").read_text())
+            config["constants"] = cfg.as_dict()
+            config.setdefault("resumed", []).append({"at": _dt.datetime.now().isoformat(timespec="seconds"),
+                                                     "argv": sys.argv, "git_commit": git_commit()})
+            write_json(self.path / "config.json", config)
+            return
         root = Path(results_root or getattr(cfg, "RESULTS_DIR", "results"))
         base = root / Path(script_file).stem / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path, k = base, 1
@@ -199,6 +332,9 @@ class RunDir:
                   "platform": platform.platform(), "git_commit": git_commit(),
                   "argv": sys.argv, "cpu_count": os.cpu_count(), **(extra or {})}
         write_json(path / "config.json", config)
+        marker = _restart_marker(script_file, cfg)
+        if marker is not None:  # torchrun: a restart of this launch continues this run
+            marker.write_text(str(path))
 
     def save_json(self, name, obj):
         write_json(self.path / name, obj)

@@ -32,11 +32,16 @@ OPTIMIZER = "adam"  # optimiser of the sub-networks: adam or sgd
 BATCH_SIZE = 64  # mini-batch size
 MAX_IN_FLIGHT = 1  # batches a stage may run ahead of its true gradients
 THREADS = 0  # intra-op threads per process (0: the cores shared out)
-FAIL_STAGE = -1  # testing aid: this stage raises at its first batch (-1: none)
+MAX_RESTARTS = 0  # restarts of the whole group after a failure, from the latest checkpoints (0: fail fast)
+FAIL_STAGE = -1  # testing aid: this stage fails at the first batch of FAIL_EPOCH (-1: none)
+FAIL_EPOCH = 1  # testing aid: ... in this epoch, in the first attempt only (a restart trains on)
+FAIL_MODE = "raise"  # testing aid: raise an exception, or kill: the stage sends itself SIGKILL
 SEED = 0  # random seed
 DEVICE = "auto"  # serial parts: auto (cuda if present), cpu, cuda, ...
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+CHECKPOINT_EVERY = 1  # save a checkpoint in the run directory every this many epochs (0: never)
+RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may grow)
 
 
 def main(argv=None):

@@ -2,27 +2,33 @@
 
 ``launch(fn, P, args)`` runs ``fn(ctx, *args)`` in P processes, ``ctx`` telling the
 rank, world size, device and backend (gloo on CPU; NCCL when every process has its own
-GPU).  Started by the script itself: spawn, a free loopback port, rank 0's return value
-handed back through a file.  Under torchrun (RANK/WORLD_SIZE set) the current process
-is one of the workers and every rank gets its own return value.
+GPU).  Started by the script itself: torch.distributed.elastic's agent (what torchrun
+runs) spawns the workers on a free loopback port, restarts the group up to
+``max_restarts`` times, and hands rank 0's return value back.  Under torchrun
+(RANK/WORLD_SIZE set) the current process is one of the workers and every rank gets
+its own return value.
 
-A worker that raises takes the whole run down: the others are terminated, and
+A worker that raises or dies takes the whole run down: the others are terminated, and
 ``WorkerFailed`` carries the failing worker's traceback.  Ctrl-C stops every process.
 """
 from __future__ import annotations
 
 import ctypes
 import datetime
+import json
+import logging
 import os
-import pickle
 import signal
 import socket
+import sys
 import tempfile
+import traceback
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 GRACE_S = 5.0  # after a failure, seconds before SIGTERM, then SIGKILL, for the others
 
@@ -79,31 +85,14 @@ def init_worker(rank, world_size, local_rank, local_world, *, threads=0, backend
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    # A restarted group (torchrun, or our launcher) meets in the elastic agent's store, which
+    # still holds the previous attempt's keys: the workers would read the dead workers' gloo
+    # addresses ("connectFullMesh failed ... Connection refused").  A prefix per attempt.
+    store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank, world_size, device, backend)
-
-
-def _run_rank(ctx, fn, args, result_path=None):
-    """fn(ctx, *args) on one rank; rank 0's value is saved to ``result_path`` if given."""
-    try:
-        out = fn(ctx, *args)
-        if result_path is not None and ctx.is_main:
-            tmp = result_path + ".tmp"
-            torch.save(out, tmp)
-            os.replace(tmp, result_path)
-        dist.barrier()  # nobody tears the group down while a peer still uses it
-        return out
-    finally:
-        dist.destroy_process_group()
-
-
-def _entry(local_rank, world_size, port, fn, args, threads, backend, timeout_s, result_path):
-    _die_with_parent()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = init_worker(local_rank, world_size, local_rank, world_size, threads=threads, backend=backend,
-                      timeout_s=timeout_s)
-    _run_rank(ctx, fn, args, result_path)
 
 
 # Errors a worker raises because a peer went away: secondary to that peer's own error.
@@ -111,26 +100,87 @@ _PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "DistBa
                 "Broken pipe", "Timed out", "timed out", "ProcessGroupGloo", "ProcessGroupNCCL")
 
 
-def _failure_report(procs, exc):
-    """Every failed worker's traceback, the ones that are not about a lost peer first."""
-    traces = []
-    for rank, path in enumerate(procs.error_files):
+def _attempt():
+    """(restarts so far, restarts allowed) of an elastic launch: torchrun's or ours."""
+    return (int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")))
+
+
+def _run_rank(ctx, fn, args):
+    """fn(ctx, *args) on one rank; returns its value.  A failure that the launcher will
+    answer with a restart is told here (after the last one, WorkerFailed tells it)."""
+    count, allowed = _attempt()
+    if count and ctx.is_main:
+        print(f"worker group restarted ({count} of {allowed} restarts): continuing from the latest checkpoint",
+              file=sys.stderr, flush=True)
+    try:
+        out = fn(ctx, *args)
+        dist.barrier()  # nobody tears the group down while a peer still uses it
+        return out
+    except Exception:
+        if count < allowed:
+            trace = traceback.format_exc()
+            if any(p in trace for p in _PEER_ERRORS):
+                trace = trace.strip().splitlines()[-1] + "\n"
+            print(f"worker {ctx.rank} failed (the group will restart):\n{trace}", file=sys.stderr, end="", flush=True)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _elastic_entry(fn, args, threads, backend, timeout_s):
+    """One worker of the scripts' own launcher: joins the group from the environment the
+    elastic agent sets (RANK, WORLD_SIZE, MASTER_ADDR, ..., as torchrun does)."""
+    _die_with_parent()
+    ctx = init_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+                      int(os.environ["LOCAL_WORLD_SIZE"]), threads=threads, backend=backend, timeout_s=timeout_s)
+    return _run_rank(ctx, fn, args)
+
+
+def _failure_text(failure):
+    """A failed worker's traceback (from its error file) or how it died (a signal)."""
+    msg = failure.message
+    if isinstance(msg, dict):
+        trace = msg.get("extraInfo", {}).get("py_callstack")
+        return trace or str(msg.get("message", msg))
+    return str(msg)
+
+
+def _error_files(log_dir):
+    """{local rank: traceback} from the error files of the last attempt under ``log_dir``
+    (the agent reports one failed worker; the others' files tell which failed first)."""
+    found = {}
+    attempts = sorted(Path(log_dir).glob("*/attempt_*"), key=lambda p: int(p.name.split("_")[1]))
+    for path in sorted(attempts[-1].glob("*/error.json")) if attempts else ():
         try:
-            with open(path, "rb") as fh:
-                traces.append((rank, pickle.load(fh)))
-        except (OSError, EOFError, pickle.UnpicklingError):
+            msg = json.loads(path.read_text())["message"]
+            found[int(path.parent.name)] = msg["extraInfo"]["py_callstack"] if isinstance(msg, dict) else str(msg)
+        except (OSError, ValueError, KeyError, TypeError):
             pass
+    return found
+
+
+def _failure_report(failures, log_dir):
+    """Every failed worker's traceback, the ones that are not about a lost peer first."""
+    texts = {rank: _failure_text(f) for rank, f in failures.items()}
+    texts.update(_error_files(log_dir))
+    traces = sorted(texts.items(), key=lambda rt: (any(p in rt[1] for p in _PEER_ERRORS), rt[0]))
     if not traces:
-        return str(exc)
-    traces.sort(key=lambda rt: any(p in rt[1] for p in _PEER_ERRORS))
+        return "a worker failed"
     parts = [f"worker {rank} failed:\n{trace}" for rank, trace in traces[:1]]
     parts += [f"worker {rank} failed too (most likely because of the above):\n{trace.strip().splitlines()[-1]}"
               for rank, trace in traces[1:]]
     return "\n".join(parts)
 
 
-def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120):
-    """Run fn(ctx, *args) on nprocs ranks; return rank 0's value (each rank's under torchrun)."""
+def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120, max_restarts=0):
+    """Run fn(ctx, *args) on nprocs ranks; return rank 0's value (each rank's under torchrun).
+
+    Started here, the workers are run by torch.distributed.elastic's agent (the engine of
+    torchrun) on a free loopback port: a worker that fails takes the group down, and with
+    ``max_restarts`` > 0 the agent starts the whole group again (the workers then continue
+    from their run's latest checkpoint), up to that many times.  WorkerFailed carries the
+    failing worker's traceback; Ctrl-C stops every process (KeyboardInterrupt)."""
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -138,27 +188,29 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120):
                           threads=threads, backend=backend, timeout_s=timeout_s)
         return _run_rank(ctx, fn, args)
 
-    with tempfile.TemporaryDirectory(prefix="launch-") as tmp:
-        result_path = os.path.join(tmp, "result.pt")
-        procs = mp.start_processes(
-            _entry, args=(nprocs, free_port(), fn, args, threads, backend, timeout_s, result_path),
-            nprocs=nprocs, join=False, start_method="spawn")
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # the agent logs each failure's traceback and each termination: WorkerFailed tells it once
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="launch-") as logs:
+        config = LaunchConfig(
+            min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=f"stable-{uuid.uuid4().hex[:12]}",
+            rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=max_restarts,
+            monitor_interval=0.1, start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=logs),
+            shutdown_timeout=int(GRACE_S))
         try:
-            while not procs.join(timeout=0.5, grace_period=GRACE_S):
-                pass
-        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-            raise WorkerFailed(_failure_report(procs, exc)) from None
-        except BaseException:  # Ctrl-C or anything else in the parent: stop every worker
-            for p in procs.processes:
-                if p.is_alive():
-                    p.terminate()
-            for p in procs.processes:
-                p.join(GRACE_S)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
+            out = elastic_launch(config, _elastic_entry)(fn, args, threads, backend, timeout_s)
+        except ChildFailedError as exc:
+            raise WorkerFailed(_failure_report(exc.failures, logs)) from None
+        except SignalException as exc:
+            if exc.sigval == signal.SIGINT:
+                raise KeyboardInterrupt from None
             raise
-        return torch.load(result_path, weights_only=False)
+    return out[0]
 
 
 def world_size_for(requested):

@@ -33,6 +33,8 @@ SEED = 0  # random seed (data split and initialisation)
 DEVICE = "auto"  # auto (cuda if present), cpu, cuda, cuda:1, ...
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+CHECKPOINT_EVERY = 1  # save a checkpoint in the run directory every this many epochs (0: never)
+RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may grow)
 
 
 def main(argv=None):

@@ -34,22 +34,24 @@ def complex_net(cfg, meta, arch, stages, layers_per_stage, h):
     return ComplexNet(net, stages, sg_kind=cfg.SG_MODULE)
 
 
-def _serial(cnet, data, cfg, *, epochs, lr, true_gradients=False, tag=""):
+def _serial(cnet, data, cfg, *, epochs, lr, true_gradients=False, tag="", resume=None, on_epoch_end=None):
     hist = train_serial(cnet, data, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
                         optimizer=cfg.OPTIMIZER, true_gradients=true_gradients, seed=cfg.SEED,
-                        log=lambda s: print(s, flush=True), tag=tag)
+                        log=lambda s: print(s, flush=True), tag=tag, resume=resume, on_epoch_end=on_epoch_end)
     # training time: the epochs themselves, not the per-epoch test evaluation
     return hist, {"train_time_s": sum(hist["seconds"]), "theoretical_time_s": sum(hist["theoretical_s"]),
                   "train_acc": evaluate(cnet, data.x_train, data.y_train),
                   "test_acc": evaluate(cnet, data.x_test, data.y_test)}
 
 
-def _distributed(cnet, data, cfg, stages, *, epochs, lr):
+def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
     dcfg = DistSGConfig(epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
                         optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, seed=cfg.SEED,
-                        fail_stage=cfg.FAIL_STAGE)
+                        fail_stage=cfg.FAIL_STAGE, fail_epoch=cfg.FAIL_EPOCH, fail_mode=cfg.FAIL_MODE,
+                        run_dir=str(run.path) if run is not None else None, checkpoint_every=cfg.CHECKPOINT_EVERY)
     t0 = time.perf_counter()
-    out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), dcfg), threads=cfg.THREADS)
+    out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), dcfg), threads=cfg.THREADS,
+                 max_restarts=cfg.MAX_RESTARTS)
     wall = time.perf_counter() - t0
     if out is None:  # a non-zero rank under torchrun
         return None, None
@@ -70,39 +72,55 @@ def _finish(run, name, series, result):
     common.emit_result({**result, "run_dir": str(run.path)})
 
 
+def _open(script, cfg, stages_of, steps=("STEP",), serial=True):
+    """The constants (a resumed run's own), data, run directory and latest checkpoint."""
+    cfg, resume_path = common.resume_constants(script, cfg)
+    stages = stages_of(cfg)
+    meta, arch, device = _setup(cfg, stages=stages, steps=steps)
+    data = common.load_data(cfg, device if serial else None)
+    run, state = None, None
+    if serial or common.is_main_process():
+        extra = {"device": str(device), "architecture": arch} if serial else {"architecture": arch, "stages": stages}
+        run = common.RunDir(script, cfg, extra=extra, path=resume_path)
+        state = common.load_checkpoint(run.path) if resume_path else None
+    return cfg, stages, meta, arch, device, data, run, state
+
+
+def _coarse(cfg, meta, arch, data, stages, run, phases):
+    cnet = complex_net(cfg, meta, arch, stages, cfg.N, cfg.STEP_C).to(data.x_train.device)
+    saver = common.Checkpointer(run and run.path, cfg, cfg.EPOCHS_C, wrap=phases.wrap("coarse"))
+    hist, res = _serial(cnet, data, cfg, epochs=cfg.EPOCHS_C, lr=cfg.LEARN_RATE_C, true_gradients=True,
+                        tag="coarse ", resume=phases.get("coarse"), on_epoch_end=saver)
+    return cnet, hist, res
+
+
 def standard(script, cfg):
     """Serial synthetic-gradient training with the original's theoretical parallel time."""
-    meta, arch, device = _setup(cfg, stages=cfg.M)
-    data = common.load_data(cfg, device)
+    cfg, _, meta, arch, device, data, run, state = _open(script, cfg, lambda c: c.M)
     cnet = complex_net(cfg, meta, arch, cfg.M, cfg.N, cfg.STEP).to(device)
-    run = common.RunDir(script, cfg, extra={"device": str(device), "architecture": arch})
     print(f"synthetic gradients, serial: {cfg.M} x {cfg.N} layers of {arch} on {meta.name}; results in {run.path}")
-    hist, result = _serial(cnet, data, cfg, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE)
+    hist, result = _serial(cnet, data, cfg, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, resume=state,
+                           on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS))
     print(f"test acc {result['test_acc']:.4f}; time {result['train_time_s']:.1f}s, "
           f"theoretical parallel time {result['theoretical_time_s']:.1f}s")
     _finish(run, "sg", {"synthetic gradients": hist}, result)
 
 
-def _coarse(cfg, meta, arch, data, stages):
-    cnet = complex_net(cfg, meta, arch, stages, cfg.N, cfg.STEP_C).to(data.x_train.device)
-    hist, res = _serial(cnet, data, cfg, epochs=cfg.EPOCHS_C, lr=cfg.LEARN_RATE_C, true_gradients=True,
-                        tag="coarse ")
-    return cnet, hist, res
-
-
 def multilevel(script, cfg):
     """Coarse with true gradients (modules learning), prolong, fine with synthetic gradients."""
-    meta, arch, device = _setup(cfg, stages=cfg.M, steps=("STEP_C", "STEP_F"))
-    data = common.load_data(cfg, device)
-    run = common.RunDir(script, cfg, extra={"device": str(device), "architecture": arch})
+    cfg, _, meta, arch, device, data, run, state = _open(script, cfg, lambda c: c.M, steps=("STEP_C", "STEP_F"))
     print(f"multilevel: {cfg.M} x {cfg.N} -> {cfg.M} x {2 * cfg.N} layers of {arch} on {meta.name}; "
           f"results in {run.path}")
-    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, cfg.M)
+    phases = common.PhaseStates(state)
+    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, cfg.M, run, phases)
     fine_net = cnet.prolong(cfg.PROLONG, h=cfg.STEP_F)
-    fine_hist, fine = _serial(fine_net, data, cfg, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, tag="fine ")
+    fine_hist, fine = _serial(fine_net, data, cfg, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, tag="fine ",
+                              resume=phases.get("fine"),
+                              on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS_F, wrap=phases.wrap("fine")))
     scratch_net = complex_net(cfg, meta, arch, cfg.M, 2 * cfg.N, cfg.STEP_F).to(device)
-    scratch_hist, scratch = _serial(scratch_net, data, cfg, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F,
-                                    tag="scratch ")
+    scratch_hist, scratch = _serial(
+        scratch_net, data, cfg, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, tag="scratch ", resume=phases.get("scratch"),
+        on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS_F, wrap=phases.wrap("scratch")))
     total = coarse["train_time_s"] + fine["train_time_s"]
     print(f"\n{'':<22} {'test acc':>8} {'time (s)':>9}\n{'coarse':<22} {coarse['test_acc']:>8.4f} "
           f"{coarse['train_time_s']:>9.1f}\n{'fine (prolonged)':<22} {fine['test_acc']:>8.4f} "
@@ -116,16 +134,13 @@ def multilevel(script, cfg):
 
 def distributed(script, cfg):
     """Each sub-network in its own process; one RESULT from rank 0."""
-    stages = world_size_for(cfg.M)
-    meta, arch, _ = _setup(cfg, stages=stages)
-    data = common.load_data(cfg)
+    cfg, stages, meta, arch, _, data, run, _ = _open(script, cfg, lambda c: world_size_for(c.M), serial=False)
     cnet = complex_net(cfg, meta, arch, stages, cfg.N, cfg.STEP)
-    main_rank = common.is_main_process()
-    run = common.RunDir(script, cfg, extra={"architecture": arch, "stages": stages}) if main_rank else None
+    main_rank = run is not None
     if main_rank:
         print(f"synthetic gradients, {stages} processes: {stages} x {cfg.N} layers of {arch} on {meta.name}; "
               f"results in {run.path}", flush=True)
-    hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE)
+    hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run)
     if main_rank:
         print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
               f"({result['wall_time_s']:.1f}s with process start-up)")
@@ -134,17 +149,15 @@ def distributed(script, cfg):
 
 def distributed_multilevel(script, cfg):
     """Coarse stage as in the multilevel script, then distributed fine training."""
-    stages = world_size_for(cfg.M)
-    meta, arch, _ = _setup(cfg, stages=stages, steps=("STEP_C", "STEP_F"))
-    data = common.load_data(cfg)
-    main_rank = common.is_main_process()
-    run = common.RunDir(script, cfg, extra={"architecture": arch, "stages": stages}) if main_rank else None
+    cfg, stages, meta, arch, _, data, run, state = _open(script, cfg, lambda c: world_size_for(c.M),
+                                                         steps=("STEP_C", "STEP_F"), serial=False)
+    main_rank = run is not None
     if main_rank:
         print(f"multilevel, fine stage on {stages} processes: {stages} x {cfg.N} -> {stages} x {2 * cfg.N} "
               f"layers of {arch} on {meta.name}; results in {run.path}", flush=True)
-    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, stages)
+    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, stages, run, common.PhaseStates(state))
     fine_net = cnet.prolong(cfg.PROLONG, h=cfg.STEP_F)
-    fine_hist, fine = _distributed(fine_net, data, cfg, stages, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F)
+    fine_hist, fine = _distributed(fine_net, data, cfg, stages, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, run=run)
     if not main_rank:
         return
     total = coarse["train_time_s"] + fine["train_time_s"]

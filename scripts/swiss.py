@@ -20,8 +20,8 @@ ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 8  # dense state width, at least the input's features: smaller inputs are zero-padded to it
 LEARN_RATE = 0.01  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
-LR_STEP = 0  # halve the learning rate every LR_STEP epochs (0: constant)
-EPOCHS = 300  # training epochs per architecture
+LR_STEP = 100  # halve the learning rate every LR_STEP epochs (0: constant)
+EPOCHS = 400  # training epochs per architecture
 BATCH_SIZE = 50  # mini-batch size
 REG_F = False  # smoothness regulariser across layers on/off
 ALPHA_F = 1e-3  # its weight alpha_f
@@ -31,6 +31,8 @@ SEED = 0  # random seed (data and initialisation)
 DEVICE = "auto"  # auto (cuda if present), cpu, cuda, cuda:1, ...
 DATA_ROOT = "data"  # where datasets are read and cached (unused by generated sets)
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
+CHECKPOINT_EVERY = 10  # save a checkpoint in the run directory every this many epochs (0: never)
+RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may grow)
 VERBOSE = False  # print every epoch of every architecture
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from datasets.batching import batch_bounds
+from models.checkpoint import fail_once
 from models.training import check_finite, make_optimizer
 
 TAG_STATE, TAG_GRAD = 0, 1
@@ -34,8 +36,42 @@ class DistSGConfig:
     optimizer: str = "adam"
     max_in_flight: int = 1  # batches whose true gradient may still be outstanding
     seed: int = 0
-    fail_stage: int = -1  # testing aid: this stage raises at its first batch (-1: none)
+    fail_stage: int = -1  # testing aid: this stage fails at the first batch of fail_epoch (-1: none)
+    fail_epoch: int = 1  # ... in the first attempt only (a restarted group trains on)
+    fail_mode: str = "raise"  # raise an exception, or "kill": the process sends itself SIGKILL
     verbose: bool = True
+    run_dir: str | None = None  # checkpoints go here (rank 0's value counts); None: none
+    checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
+
+
+def _stage_checkpoints(run_dir, rank):
+    """{epoch: path} of the intact checkpoints of one stage (the latest and the previous)."""
+    from models import checkpoint
+
+    found = {}
+    for path in checkpoint.paths(run_dir, f"stage{rank}"):
+        if path.exists():
+            try:
+                found[int(checkpoint.read(path)["epoch"])] = str(path)
+            except checkpoint.CheckpointError:
+                raise
+            except Exception:  # truncated or damaged: the other one may do
+                pass
+    return found
+
+
+def _common_epoch(run_dir, rank, world):
+    """The latest epoch every stage holds a checkpoint of (0: start afresh), and its file here.
+
+    A stage saves after draining its true gradients, so no stage can save epoch e + k
+    before every later stage has saved epoch e: the stages' latest checkpoints are at most
+    one apart, and with the previous one kept the common epoch is always there."""
+    mine = _stage_checkpoints(run_dir, rank) if run_dir else {}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, sorted(mine))
+    common = set(everyone[0]).intersection(*everyone[1:]) if all(everyone) else set()
+    epoch = max(common, default=0)
+    return epoch, mine.get(epoch)
 
 
 def pack(tensors, labels=None):
@@ -87,6 +123,36 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     pending, sends = deque(), []
     hist = {"epoch": [], "loss": [], "sg_mse": [], "sg_cos": [], "seconds": []}
     stat = {"mse": torch.zeros((), device=dev), "cos": torch.zeros((), device=dev), "n": 0}
+    mine = set(map(id, cnet.stage_parameters(i))) | set(map(id, module.parameters() if module else ()))
+    owned_params = {n: p for n, p in cnet.named_parameters() if id(p) in mine}
+
+    holder = [cfg.run_dir]
+    dist.broadcast_object_list(holder, src=0)  # under torchrun only rank 0 knows the run directory
+    run_dir = holder[0] if cfg.checkpoint_every > 0 else None
+    start, path = _common_epoch(run_dir, i, M) if run_dir else (0, None)
+    if path is not None:
+        from models import checkpoint
+
+        saved = checkpoint.read(path, map_location=dev)
+        with torch.no_grad():
+            for n, p in owned_params.items():
+                p.copy_(saved["params"][n])
+        opt.load_state_dict(saved["optimizer"])
+        if sg_opt is not None:
+            sg_opt.load_state_dict(saved["sg_optimizer"])
+        hist = {k: list(v) for k, v in saved["history"].items()}
+        if cfg.verbose and ctx.is_main:
+            print(f"stages resume after epoch {start} from their checkpoints in {run_dir}", flush=True)
+    prior_seconds = sum(hist["seconds"])
+
+    def save(epoch):
+        from models import checkpoint
+
+        os.makedirs(run_dir, exist_ok=True)  # a rank on another machine may not have it yet
+        params = {n: p.detach() for n, p in owned_params.items()}
+        checkpoint.save(run_dir, {"epoch": epoch, "stage": i, "params": params, "optimizer": opt.state_dict(),
+                                  "sg_optimizer": sg_opt.state_dict() if sg_opt is not None else None,
+                                  "history": hist}, f"stage{i}")
 
     def train_module(p):
         true = p.wait()
@@ -103,14 +169,14 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
 
     dist.barrier()
     t_start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         perm = torch.randperm(len(y), generator=gen).to(dev) if i == 0 else None
         loss_sum = torch.zeros((), device=dev)
         for b, (lo, hi) in enumerate(batch_bounds(len(y), cfg.batch_size)):
-            if b == 0 and epoch == 1 and i == cfg.fail_stage:
-                raise RuntimeError(f"stage {i} made to fail (FAIL_STAGE={cfg.fail_stage})")
+            if b == 0 and epoch == cfg.fail_epoch and i == cfg.fail_stage:
+                fail_once(f"stage {i} made to fail in epoch {epoch} (FAIL_STAGE={cfg.fail_stage})", cfg.fail_mode)
             nb = hi - lo
             if i == 0:
                 idx = perm[lo:hi]
@@ -138,6 +204,13 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
             while pending and (len(pending) > cfg.max_in_flight or pending[0].done()):
                 train_module(pending.popleft())
             sends = [(t, w) for t, w in sends if not w.is_completed()]
+        checkpointing = run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
+        if checkpointing:  # a checkpoint holds no batch in flight: take the true gradients owed
+            while pending:
+                train_module(pending.popleft())
+            for _, w in sends:
+                w.wait()
+            sends = []
         if last:
             mean = loss_sum.item() / len(y)
             check_finite(mean, cnet.net, cfg.lr, epoch)
@@ -151,15 +224,17 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
             stat.update(mse=torch.zeros((), device=dev), cos=torch.zeros((), device=dev), n=0)
         hist["epoch"].append(epoch)
         hist["seconds"].append(time.perf_counter() - t_epoch)
+        if checkpointing:
+            save(epoch)
     while pending:
         train_module(pending.popleft())
     for _, w in sends:
         w.wait()
     dist.barrier()
-    train_time = time.perf_counter() - t_start
+    train_time = prior_seconds + time.perf_counter() - t_start
 
     # every rank contributes the parameters it owns; the sum is the trained network
-    owned = set(map(id, cnet.stage_parameters(i))) | (set(map(id, module.parameters())) if module else set())
+    owned = mine
     params = list(cnet.parameters())
     flat = torch.cat([(p.detach() if id(p) in owned else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from datasets.batching import batches
-from models.training import check_finite, make_optimizer
+from models.checkpoint import rng_state, set_rng_state
+from models.training import Progress, check_finite, make_optimizer
 
 
 def _sync(device):
@@ -82,16 +83,20 @@ class SGTrainer:
         loss_sum = torch.zeros((), device=x.device)
         mse_sum = torch.zeros(M - 1, device=x.device)
         cos_sum = torch.zeros(M - 1, device=x.device)
-        backward_total, backward_max, n_batches = 0.0, 0.0, 0
+        backward_total, backward_max, n_batches, seen = 0.0, 0.0, 0, 0
+        bar = Progress(-(-len(y) // batch_size), f"epoch {epoch}")
         for xb, yb in batches(x, y, batch_size, generator=generator):
             loss, seconds, stats = self.train_batch(xb, yb, timed)
             loss_sum += loss * len(yb)
+            seen += len(yb)
+            bar.step(loss_sum, seen)
             mse_sum += torch.stack([s[0] for s in stats])
             cos_sum += torch.stack([s[1] for s in stats])
             n_batches += 1
             if timed:
                 backward_total += sum(seconds)
                 backward_max += max(seconds)
+        bar.close()
         _sync(x.device)
         wall = time.perf_counter() - t0
         mean_loss = loss_sum.item() / len(y)
@@ -101,14 +106,32 @@ class SGTrainer:
 
 
 def train_serial(cnet, data, *, epochs, lr, sg_lr, batch_size, optimizer="adam", true_gradients=False, seed=0,
-                 log=None, tag=""):
-    """Train a complex network for some epochs; returns the per-epoch history."""
+                 log=None, tag="", resume=None, on_epoch_end=None):
+    """Train a complex network for some epochs; returns the per-epoch history.
+
+    ``on_epoch_end(epoch, state)`` and ``resume`` as in models.training.fit: the state
+    (network and modules, both kinds of optimiser, the batch generator, the history)
+    continues the run after its epoch exactly as if it had never stopped."""
     from models.training import evaluate
 
     trainer = SGTrainer(cnet, lr=lr, sg_lr=sg_lr, optimizer=optimizer, true_gradients=true_gradients)
     gen = torch.Generator().manual_seed(seed)
     hist = {"epoch": [], "loss": [], "sg_mse": [], "sg_cos": [], "seconds": [], "theoretical_s": [], "test_acc": []}
-    for epoch in range(1, epochs + 1):
+    start = 1
+    if resume is not None:
+        cnet.load_state_dict(resume["model"])
+        for opt, st in zip(trainer.opts + trainer.sg_opts, resume["optimizers"]):
+            opt.load_state_dict(st)
+        set_rng_state(resume["rng"], gen)
+        hist = {k: list(v) for k, v in resume["history"].items()}
+        start = resume["epoch"] + 1
+
+    def state(epoch):
+        return {"epoch": epoch, "model": cnet.state_dict(),
+                "optimizers": [o.state_dict() for o in trainer.opts + trainer.sg_opts], "rng": rng_state(gen),
+                "history": hist}
+
+    for epoch in range(start, epochs + 1):
         stats = trainer.train_epoch(data.x_train, data.y_train, batch_size, gen, epoch=epoch)
         stats["test_acc"] = evaluate(cnet, data.x_test, data.y_test)
         hist["epoch"].append(epoch)
@@ -118,4 +141,6 @@ def train_serial(cnet, data, *, epochs, lr, sg_lr, batch_size, optimizer="adam",
             cos = ", ".join(f"{c:.3f}" for c in stats["sg_cos"])
             log(f"{tag}epoch {epoch:3d}  loss {stats['loss']:.4f}  test acc {stats['test_acc']:.4f}  "
                 f"module cos [{cos}]  {stats['seconds']:.2f}s (theoretical {stats['theoretical_s']:.2f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, lambda epoch=epoch: state(epoch))
     return hist

@@ -65,3 +65,21 @@ def test_bad_values_exit_2_with_one_line(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args", [
+    ("PVD", ["--dataset", "DIGITS", "--parallel", 0, "--iterations", 1, "--steps", 5]),
+    ("run_standard_sg", ["--dataset", "ELLIPSE", "--epochs", 1]),
+    ("verletTest", ["--dataset", "SWISS", "--epochs", 1]),
+    ("swiss", ["--dataset", "ELLIPSE", "--epochs", 1, "--n", 2]),
+])
+def test_a_dataset_chosen_on_the_command_line_needs_no_other_change(tmp_path, script, args):
+    res = result_of(run_script(script, *args, "--results-dir", tmp_path))
+    assert res
+
+
+def test_toy_scripts_refuse_image_sets_with_one_line(tmp_path):
+    proc = run_script("ellipse", "--dataset", "DIGITS", "--results-dir", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: this script trains on the toy sets ELLIPSE or SWISS, got DIGITS"

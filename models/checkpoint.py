@@ -1,0 +1,102 @@
+"""Checkpoints of a run: written atomically, the previous one kept, loaded safely.
+
+``save(run_dir, state)`` writes ``<name>.pt`` through a temporary file and a rename,
+after moving the last complete one to ``<name>.prev.pt``; so a run killed while writing
+leaves at least one whole checkpoint.  ``load(run_dir)`` returns the newest intact one
+(falling back to the previous when the newest is truncated or unreadable), read with
+``torch.load(weights_only=True)``: tensors and plain Python values only, so that loading
+a checkpoint from someone else's run directory cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint: none intact, or one that holds more than plain data."""
+
+
+def paths(run_dir, name="checkpoint"):
+    run_dir = Path(run_dir)
+    return run_dir / f"{name}.pt", run_dir / f"{name}.prev.pt"
+
+
+def save(run_dir, state, name="checkpoint"):
+    """Write ``state`` (tensors and plain values) as run_dir/<name>.pt, keeping the previous one."""
+    current, previous = paths(run_dir, name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=current.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if current.exists():
+            os.replace(current, previous)
+        os.replace(tmp, current)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return current
+
+
+def read(path, map_location="cpu"):
+    """One checkpoint file, tensors and plain values only; CheckpointError if it holds more."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values; refused, since loading "
+                              f"it could run code ({str(exc).splitlines()[0][:120]})") from None
+
+
+def load(run_dir, name="checkpoint", map_location="cpu"):
+    """The newest intact checkpoint of run_dir as (state, path), or (None, None) if there is none."""
+    found, broken = False, []
+    for path in paths(run_dir, name):
+        if not path.exists():
+            continue
+        found = True
+        try:
+            return read(path, map_location), path
+        except CheckpointError:
+            raise
+        except Exception as exc:  # truncated or damaged: try the previous one
+            broken.append(f"{path.name} ({type(exc).__name__})")
+    if found:
+        raise CheckpointError(f"no intact checkpoint in {run_dir}: {', '.join(broken)} unreadable")
+    return None, None
+
+
+def rng_state(generator=None):
+    """The random generators' states: torch's global CPU (and CUDA) ones, and ``generator``'s."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state, generator=None):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None:
+        generator.set_state(state["generator"])
+
+
+def fail_once(what, mode="raise"):
+    """A testing aid for restarts: fail now (raise, or SIGKILL this process with mode
+    "kill"), unless this is a restarted attempt (torchrun and the scripts' own elastic
+    launcher count them in TORCHELASTIC_RESTART_COUNT)."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return
+    if mode == "kill":
+        print(f"{what}: killing itself (SIGKILL)", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(what)
