@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import tempfile
 from pathlib import Path
@@ -50,8 +51,11 @@ def read(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path} holds objects other than tensors and plain values; refused, since loading "
-                              f"it could run code ({str(exc).splitlines()[0][:120]})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:  # not a pickle of anything: damaged
+            raise
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values ({found.group(1)}); "
+                              "refused, since loading it could run code") from None
 
 
 def load(run_dir, name="checkpoint", map_location="cpu"):

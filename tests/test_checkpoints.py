@@ -1,0 +1,177 @@
+"""Checkpoints, resume and restarts: a stopped run continues to the uninterrupted result."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import torch
+
+from models import checkpoint
+from tests.helpers import ROOT, leftover_processes, result_of, run_script
+
+
+def same_tensors(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---- the checkpoint files ---------------------------------------------------------------
+
+def test_a_checkpoint_keeps_the_previous_one_and_falls_back_to_it(tmp_path):
+    checkpoint.save(tmp_path, {"epoch": 1, "w": torch.ones(3)})
+    checkpoint.save(tmp_path, {"epoch": 2, "w": torch.zeros(3)})
+    state, path = checkpoint.load(tmp_path)
+    assert state["epoch"] == 2 and path.name == "checkpoint.pt"
+    current = tmp_path / "checkpoint.pt"
+    current.write_bytes(current.read_bytes()[:40])  # truncated, as by a kill while writing
+    state, path = checkpoint.load(tmp_path)
+    assert state["epoch"] == 1 and path.name == "checkpoint.prev.pt" and torch.equal(state["w"], torch.ones(3))
+    (tmp_path / "checkpoint.prev.pt").write_bytes(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint"):
+        checkpoint.load(tmp_path)
+    assert checkpoint.load(tmp_path / "nothing-here") == (None, None)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+class NotPlainData:
+    pass
+
+
+def test_a_checkpoint_holding_other_objects_is_refused(tmp_path):
+    torch.save({"epoch": 1, "thing": NotPlainData()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="objects other than tensors and plain values"):
+        checkpoint.load(tmp_path)
+
+
+# ---- resume: the single-process trainers, bit for bit ----------------------------------
+
+def _stop_and_resume(tmp_path, script, first, full, grow, *extra):
+    """Run ``first`` epochs, resume to ``full``; and ``full`` in one go. Returns both run dirs."""
+    part = result_of(run_script(script, *extra, grow, first, "--results-dir", tmp_path / "a"))
+    resumed = run_script(script, "--resume", part["run_dir"], grow, full)
+    res = result_of(resumed)
+    assert res["run_dir"] == part["run_dir"] and "resuming from" in resumed.stdout
+    whole = result_of(run_script(script, *extra, grow, full, "--results-dir", tmp_path / "b"))
+    return res, whole
+
+
+@pytest.mark.slow
+def test_fit_resumed_after_epoch_2_ends_bit_for_bit_as_the_uninterrupted_run(tmp_path):
+    res, whole = _stop_and_resume(tmp_path, "verletTest", 2, 4, "--epochs", "--dataset", "DIGITS", "--lr-step", 1,
+                                  "--n", 2)
+    same_tensors(torch.load(f"{res['run_dir']}/model.pt"), torch.load(f"{whole['run_dir']}/model.pt"))
+    assert res["test_acc"] == whole["test_acc"]
+    history = json.loads(open(f"{res['run_dir']}/metrics.json").read())["history"]
+    assert history["epoch"] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_pvd_serial_resumed_ends_bit_for_bit(tmp_path):
+    res, whole = _stop_and_resume(tmp_path, "PVD", 2, 4, "--iterations", "--parallel", 0, "--steps", 10,
+                                  "--target-acc", 2)
+    same_tensors(torch.load(f"{res['run_dir']}/model.pt"), torch.load(f"{whole['run_dir']}/model.pt"))
+    assert res["iterations"] == 4 and res["test_acc"] == whole["test_acc"]
+
+
+@pytest.mark.slow
+def test_serial_synthetic_gradients_resumed_end_bit_for_bit(tmp_path):
+    res, whole = _stop_and_resume(tmp_path, "run_standard_sg", 1, 3, "--epochs", "--n", 2)
+    a = checkpoint.load(res["run_dir"])[0]["model"]
+    b = checkpoint.load(whole["run_dir"])[0]["model"]
+    same_tensors(a, b)
+    assert res["test_acc"] == whole["test_acc"]
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_resumes_from_the_previous_one(tmp_path):
+    part = result_of(run_script("verletTest", "--dataset", "DIGITS", "--n", 2, "--epochs", 3,
+                                "--results-dir", tmp_path))
+    current = os.path.join(part["run_dir"], "checkpoint.pt")
+    with open(current, "r+b") as f:
+        f.truncate(100)
+    proc = run_script("verletTest", "--resume", part["run_dir"], "--epochs", 4)
+    result_of(proc)
+    assert "checkpoint.prev.pt (epoch 2)" in proc.stdout
+    history = json.loads(open(os.path.join(part["run_dir"], "metrics.json")).read())["history"]
+    assert history["epoch"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--n", 3], "RESUME: N differs from the run's (2 -> 3)"),
+    (["--dataset", "ELLIPSE"], "RESUME: DATASET differs from the run's ('DIGITS' -> 'ELLIPSE')"),
+    (["--epochs", 1], "RESUME: EPOCHS may grow, not shrink (2 -> 1)"),
+])
+def test_changing_the_network_or_data_on_resume_exits_2(tmp_path, args, message):
+    part = result_of(run_script("verletTest", "--dataset", "DIGITS", "--n", 2, "--epochs", 2,
+                                "--results-dir", tmp_path))
+    proc = run_script("verletTest", "--resume", part["run_dir"], *args)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert message in proc.stderr
+
+
+def test_resuming_an_unsafe_or_missing_run_exits_2_with_one_line(tmp_path):
+    proc = run_script("verletTest", "--resume", tmp_path / "nope")
+    assert proc.returncode == 2 and "is not a run directory" in proc.stderr
+    part = result_of(run_script("verletTest", "--dataset", "DIGITS", "--n", 1, "--epochs", 1,
+                                "--checkpoint-every", 0, "--results-dir", tmp_path))
+    torch.save({"epoch": 1, "thing": NotPlainData()}, os.path.join(part["run_dir"], "checkpoint.pt"))
+    proc = run_script("verletTest", "--resume", part["run_dir"])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "objects other than tensors and plain values" in proc.stderr
+
+
+# ---- restarts: torchrun and the scripts' own elastic launcher --------------------------
+
+def _launch(cmd, timeout=240):
+    marker = f"STABLE_TEST_{uuid.uuid4().hex}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", marker: "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    time.sleep(0.5)
+    return proc, leftover_processes(marker)
+
+
+def _torchrun(script, *args):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return _launch([torchrun, "--nproc-per-node", "2", "--max-restarts", "1", f"scripts/{script}.py",
+                    *map(str, args)])
+
+
+def _own(script, *args):
+    return _launch([sys.executable, f"scripts/{script}.py", "--max-restarts", "1", *map(str, args)])
+
+
+RESTARTS = {
+    "distSg": (["--fail-stage", 1, "--fail-epoch", 4, "--epochs", 6], "epoch"),
+    "PVD": (["--fail-rank", 1, "--fail-iteration", 3, "--iterations", 4, "--steps", 20, "--target-acc", 2],
+            "iteration"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "own"])
+@pytest.mark.parametrize("script", list(RESTARTS))
+def test_a_worker_failing_once_is_restarted_and_the_run_ends_as_an_unfaulted_one(tmp_path, launcher, script):
+    args, unit = RESTARTS[script]
+    faulted_args = [*args, "--fail-mode", "kill" if launcher == "torchrun" else "raise",
+                    "--results-dir", tmp_path / "faulted"]
+    proc, leftovers = (_torchrun if launcher == "torchrun" else _own)(script, *faulted_args)
+    res = result_of(proc)
+    assert leftovers == []
+    assert "worker group restarted (1 of 1 restarts)" in proc.stderr
+    (run_dir,) = (tmp_path / "faulted" / script).glob("2*")  # one run directory
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    series = history["distributed"] if script == "distSg" else history
+    last = args[args.index("--epochs" if unit == "epoch" else "--iterations") + 1]
+    assert series[unit] == list(range(1, last + 1))  # every epoch (iteration) counted once
+    clean = [a for k, a in enumerate(args) if not (str(a).startswith("--fail") or
+                                                   (k and str(args[k - 1]).startswith("--fail")))]
+    unfaulted = result_of(run_script(script, *clean, "--results-dir", tmp_path / "clean"))
+    if script == "PVD":  # deterministic: the same parameters, so the same accuracy
+        assert res["test_acc"] == unfaulted["test_acc"] and res["train_acc"] == unfaulted["train_acc"]
+    else:  # the pipeline's module updates depend on message timing, in any two runs
+        assert abs(res["test_acc"] - unfaulted["test_acc"]) <= 0.03
