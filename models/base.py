@@ -173,14 +173,18 @@ class StableNet(nn.Module):
     def forward(self, x):
         return self.classify(self.integrate(self.initial_state(x)))
 
-    def trajectory(self, x):
-        """Y_0, ..., Y_N for a (small) batch, stacked as (N + 1, B, *state_shape)."""
-        state = self.initial_state(x)
+    def features(self, Y0):
+        """Y_0, ..., Y_N reached from the lifted state Y0, stacked as (N + 1, B, *state_shape)."""
+        state = self.init_state(Y0)
         out = [state[0]]
         for j in range(self.n_layers):
             state = self.step(j, state)
             out.append(state[0])
         return torch.stack(out)
+
+    def trajectory(self, x):
+        """Y_0, ..., Y_N for a (small) batch of inputs, stacked as (N + 1, B, *state_shape)."""
+        return self.features(self.lift_input(x))
 
     # ---- parameters by layer ----------------------------------------------------------
     @staticmethod

@@ -19,6 +19,7 @@ model: the perturbation and Jacobian measures run on a float64 copy.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch.func import jvp, vjp
@@ -40,16 +41,6 @@ def _rows(t):
     return t.flatten(1).norm(dim=1)
 
 
-def states(model, Y0):
-    """The features Y_0, ..., Y_N reached from the lifted state Y0, stacked (N + 1, B, ...)."""
-    state = model.init_state(Y0)
-    out = [state[0]]
-    for j in range(model.n_layers):
-        state = model.step(j, state)
-        out.append(state[0])
-    return torch.stack(out)
-
-
 @torch.no_grad()
 def perturbation_growth(model, x, eps=1e-6, generator=None):
     """||Y_j(x + delta) - Y_j(x)|| / ||delta|| for j = 0..N: a (N + 1, B) tensor.
@@ -62,8 +53,8 @@ def perturbation_growth(model, x, eps=1e-6, generator=None):
     x = x.detach().double()
     delta = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.device)
     delta *= (eps * _rows(x).clamp_min(1.0) / _rows(delta)).view(-1, *([1] * (x.dim() - 1)))
-    Y = states(net, net.lift_input(x))
-    Yp = states(net, net.lift_input(x + delta))
+    Y = net.features(net.lift_input(x))
+    Yp = net.features(net.lift_input(x + delta))
     return _rows((Yp - Y).flatten(0, 1)).view(len(Y), -1) / _rows(delta)
 
 
@@ -83,16 +74,18 @@ def top_singular_values(model, x, layers=None, iterations=30, generator=None):
     rows = torch.arange(copies * batch, device=Y0.device)
 
     def f(y):  # row r of the copies -> its own target layer's Y_j
-        return states(net, y)[pick, rows]
+        return net.features(y)[pick, rows]
 
     v = torch.randn(Y0r.shape, generator=generator, dtype=torch.float64).to(Y0.device)
     _, pullback = vjp(f, Y0r)
     sigma = torch.zeros(copies * batch, dtype=torch.float64, device=Y0.device)
-    for _ in range(iterations):
-        v = v / _rows(v).clamp_min(1e-300).view(-1, *([1] * (v.dim() - 1)))
-        _, Jv = jvp(f, (Y0r,), (v,))
-        sigma = _rows(Jv)
-        (v,) = pullback(Jv)
+    with warnings.catch_warnings():  # torch's forward mode loads its rules with torch.jit.script, deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        for _ in range(iterations):
+            v = v / _rows(v).clamp_min(1e-300).view(-1, *([1] * (v.dim() - 1)))
+            _, Jv = jvp(f, (Y0r,), (v,))
+            sigma = _rows(Jv)
+            (v,) = pullback(Jv)
     return sigma.view(copies, batch)
 
 
@@ -164,7 +157,7 @@ def phase_plane(K, points, h=0.1, n_layers=10, schemes=PHASE_SCHEMES, activation
     out = {}
     for scheme in schemes:
         net = constant_layer_net(scheme, K, h, n_layers, activation)
-        traj = states(net, points)
+        traj = net.features(points)
         out[scheme] = {"trajectory": traj,
                        "growth": (mean_pairwise_distance(traj[-1]) / mean_pairwise_distance(traj[0])).item()}
     return out

@@ -8,12 +8,7 @@ from tests.helpers import operator_matrix
 ARCHS = list(MODELS)
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def tiny(arch, conv, n_layers=3, h=0.3, **kw):

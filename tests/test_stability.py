@@ -9,12 +9,7 @@ from tests.helpers import result_of, run_script
 ARCHS = list(MODELS)
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def tiny(arch, n_layers=5, h=0.3, width=6, activation="tanh"):
@@ -79,7 +74,7 @@ def test_power_iteration_finds_the_largest_singular_value(arch):
     for row, j in enumerate([0, 3, 5]):
         for i in range(len(x)):
             y0 = model.lift_input(x[i:i + 1]).detach()[0]
-            J = torch.autograd.functional.jacobian(lambda y: st.states(model, y[None])[j][0], y0)
+            J = torch.autograd.functional.jacobian(lambda y: model.features(y[None])[j][0], y0)
             exact = torch.linalg.svdvals(J)[0]
             torch.testing.assert_close(sigma[row, i], exact, rtol=1e-6, atol=0)
 
