@@ -73,17 +73,18 @@ def info(name):
     return INFO[key]
 
 
-def load(name, *, data_root="data", seed=0, download=True, log=print):
+def load(name, *, data_root="data", seed=0, download=True, log=print, ellipse_points=500):
     """Load a dataset by name as CPU tensors.
 
-    ELLIPSE and SWISS are generated (``seed``), DIGITS comes with scikit-learn, the image
-    sets are read through torchvision into an HDF5 cache under ``data_root``.
+    ELLIPSE and SWISS are generated (``seed``; ELLIPSE with ``ellipse_points`` training
+    points per class), DIGITS comes with scikit-learn, the image sets are read through
+    torchvision into an HDF5 cache under ``data_root``.
     Raises ValueError for an unknown name and DatasetNotFound for missing files.
     """
     meta = info(name)
     if meta.name == "ELLIPSE":
         from .toy import ellipse
-        arrays = ellipse(seed)
+        arrays = ellipse(seed, n_train=ellipse_points)
     elif meta.name == "SWISS":
         from .toy import swiss
         arrays = swiss(seed)

@@ -132,8 +132,8 @@ def resolve(cfg, *, layers_name="N", step_names=("STEP",)):
     check(not cfg.CONV or meta.image,
           f"CONV needs an image dataset; {meta.name} has {meta.features} plain features "
           f"(image sets: {', '.join(n for n, i in datasets.INFO.items() if i.image)})")
-    for name in ("CHECKPOINT_EVERY", "MAX_RESTARTS"):
-        check(getattr(cfg, name, 0) >= 0, f"{name} must be >= 0, got {getattr(cfg, name, 0)}")
+    for name, low in (("CHECKPOINT_EVERY", 0), ("MAX_RESTARTS", 0), ("ELLIPSE_POINTS", 1)):
+        check(getattr(cfg, name, low) >= low, f"{name} must be >= {low}, got {getattr(cfg, name, low)}")
     check(getattr(cfg, "FAIL_MODE", "raise") in ("raise", "kill"),
           f"unknown FAIL_MODE {getattr(cfg, 'FAIL_MODE', '')!r}; valid: raise, kill")
     check(getattr(cfg, "WIDTH", 0) >= 0, f"WIDTH must be >= 0, got {getattr(cfg, 'WIDTH', 0)}")
@@ -162,7 +162,8 @@ def load_data(cfg, device=None, log=print):
     import datasets
 
     try:
-        data = datasets.load(cfg.DATASET, data_root=cfg.DATA_ROOT, seed=cfg.SEED, log=log)
+        data = datasets.load(cfg.DATASET, data_root=cfg.DATA_ROOT, seed=cfg.SEED, log=log,
+                             ellipse_points=getattr(cfg, "ELLIPSE_POINTS", 500))
     except datasets.DatasetNotFound as exc:
         raise UsageError(str(exc)) from None
     return data.to(device) if device is not None else data

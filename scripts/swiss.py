@@ -18,6 +18,7 @@ STEP = 0.5  # step size h
 GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 8  # dense state width, at least the input's features: smaller inputs are zero-padded to it
+ELLIPSE_POINTS = 8000  # ELLIPSE: training points per class (the original: 500; see the README)
 LEARN_RATE = 0.01  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
 LR_STEP = 100  # halve the learning rate every LR_STEP epochs (0: constant)

@@ -19,8 +19,10 @@ def test_info_gives_dimensions():
 
 def test_ellipse_matches_its_definition():
     d = datasets.load("ELLIPSE", seed=3)
-    assert d.x_train.shape == (16000, 2) and d.x_test.shape == (200, 2)
-    assert d.y_train.bincount().tolist() == [8000, 8000]
+    assert d.x_train.shape == (1000, 2) and d.x_test.shape == (200, 2)
+    assert d.y_train.bincount().tolist() == [500, 500]
+    big = datasets.load("ELLIPSE", seed=3, ellipse_points=2000)
+    assert big.x_train.shape == (4000, 2) and big.x_test.shape == (200, 2)
     # a point (a cos t, a/2 sin t) has a = sqrt(x^2 + (2y)^2): [0,1] for class 0, [1,2] for class 1
     for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
         a = torch.sqrt(x[:, 0] ** 2 + (2 * x[:, 1]) ** 2)

@@ -20,7 +20,7 @@ def train(arch, name, *, n_layers, h, epochs, lr, batch_size, width=None, conv=F
 
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_every_architecture_learns_the_ellipses(arch):
-    _, acc = train(arch, "ELLIPSE", n_layers=8, h=0.5, epochs=4, lr=0.02, batch_size=50, width=4)
+    _, acc = train(arch, "ELLIPSE", n_layers=8, h=0.5, epochs=60, lr=0.02, batch_size=50, width=4)
     assert acc >= 0.95
 
 
