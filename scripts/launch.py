@@ -14,6 +14,7 @@ A worker that raises or dies takes the whole run down: the others are terminated
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime
 import json
 import logging
@@ -188,7 +189,6 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120, max
                           threads=threads, backend=backend, timeout_s=timeout_s)
         return _run_rank(ctx, fn, args)
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -197,11 +197,18 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120, max
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="launch-") as logs:
-        config = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=f"stable-{uuid.uuid4().hex[:12]}",
-            rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=max_restarts,
-            monitor_interval=0.1, start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=logs),
-            shutdown_timeout=int(GRACE_S))
+        options = {"min_nodes": 1, "max_nodes": 1, "nproc_per_node": nprocs, "max_restarts": max_restarts,
+                   "run_id": f"stable-{uuid.uuid4().hex[:12]}", "rdzv_backend": "c10d",
+                   "rdzv_endpoint": f"127.0.0.1:{free_port()}", "monitor_interval": 0.1, "start_method": "spawn",
+                   "shutdown_timeout": int(GRACE_S)}
+        known = {f.name for f in dataclasses.fields(LaunchConfig)}
+        if "logs_specs" in known:  # torch >= 2.3; before it the log directory was a field of its own
+            from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
+
+            options["logs_specs"] = DefaultLogsSpecs(log_dir=logs)
+        else:
+            options["log_dir"] = logs
+        config = LaunchConfig(**{k: v for k, v in options.items() if k in known})
         try:
             out = elastic_launch(config, _elastic_entry)(fn, args, threads, backend, timeout_s)
         except ChildFailedError as exc:
