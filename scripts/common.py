@@ -223,7 +223,7 @@ def resume_constants(script_file, cfg):
     return Config(merged, cfg.given), path
 
 
-def load_checkpoint(run_path, name="checkpoint"):
+def load_checkpoint(run_path, name="checkpoint", quiet=False):
     """The latest intact checkpoint of a run directory (UsageError if none is usable)."""
     from models import checkpoint
 
@@ -231,7 +231,7 @@ def load_checkpoint(run_path, name="checkpoint"):
         state, path = checkpoint.load(run_path, name)
     except checkpoint.CheckpointError as exc:
         raise UsageError(str(exc)) from None
-    if state is not None:
+    if state is not None and not quiet:
         print(f"resuming from {path} (epoch {state.get('epoch', '?')})", flush=True)
     return state
 

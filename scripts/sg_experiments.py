@@ -83,6 +83,8 @@ def _open(script, cfg, stages_of, steps=("STEP",), serial=True):
         extra = {"device": str(device), "architecture": arch} if serial else {"architecture": arch, "stages": stages}
         run = common.RunDir(script, cfg, extra=extra, path=resume_path)
         state = common.load_checkpoint(run.path) if resume_path else None
+        for stage in range(stages if resume_path and not serial else 0):  # the stages read theirs
+            common.load_checkpoint(run.path, f"stage{stage}", quiet=True)
     return cfg, stages, meta, arch, device, data, run, state
 
 
@@ -143,7 +145,7 @@ def distributed(script, cfg):
     hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run)
     if main_rank:
         print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
-              f"({result['wall_time_s']:.1f}s with process start-up)")
+              f"(this launch {result['wall_time_s']:.1f}s, process start-up included)")
         _finish(run, "dist_sg", {"distributed": hist}, result)
 
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from datasets.batching import batch_bounds
+from models import checkpoint
 from models.checkpoint import fail_once
 from models.training import check_finite, make_optimizer
 
@@ -46,8 +47,6 @@ class DistSGConfig:
 
 def _stage_checkpoints(run_dir, rank):
     """{epoch: path} of the intact checkpoints of one stage (the latest and the previous)."""
-    from models import checkpoint
-
     found = {}
     for path in checkpoint.paths(run_dir, f"stage{rank}"):
         if path.exists():
@@ -131,8 +130,6 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     run_dir = holder[0] if cfg.checkpoint_every > 0 else None
     start, path = _common_epoch(run_dir, i, M) if run_dir else (0, None)
     if path is not None:
-        from models import checkpoint
-
         saved = checkpoint.read(path, map_location=dev)
         with torch.no_grad():
             for n, p in owned_params.items():
@@ -146,8 +143,6 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     prior_seconds = sum(hist["seconds"])
 
     def save(epoch):
-        from models import checkpoint
-
         os.makedirs(run_dir, exist_ok=True)  # a rank on another machine may not have it yet
         params = {n: p.detach() for n, p in owned_params.items()}
         checkpoint.save(run_dir, {"epoch": epoch, "stage": i, "params": params, "optimizer": opt.state_dict(),
