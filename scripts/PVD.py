@@ -79,7 +79,7 @@ def main(argv=None):
                         path=resume_path) if main_rank else None
     saver = common.Checkpointer(run.path, cfg, cfg.ITERATIONS) if main_rank else None
     if main_rank and resume_path:
-        common.load_checkpoint(run.path)  # a damaged or unsafe checkpoint stops here, with one line
+        common.load_checkpoint(run.path, quiet=True)  # a damaged or unsafe one stops here, with one line
     if main_rank:
         mode = f"{num_proc} processes" if cfg.PARALLEL else "serial mode"
         print(f"PVD ({mode}, sync={cfg.SYNC}) of {arch}, N={cfg.N}, h={cfg.STEP} on {meta.name}; "
