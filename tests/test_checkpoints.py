@@ -55,7 +55,7 @@ def _stop_and_resume(tmp_path, script, first, full, grow, *extra):
     part = result_of(run_script(script, *extra, grow, first, "--results-dir", tmp_path / "a"))
     resumed = run_script(script, "--resume", part["run_dir"], grow, full)
     res = result_of(resumed)
-    assert res["run_dir"] == part["run_dir"] and "resuming from" in resumed.stdout
+    assert res["run_dir"] == part["run_dir"] and "resuming" in resumed.stdout
     whole = result_of(run_script(script, *extra, grow, full, "--results-dir", tmp_path / "b"))
     return res, whole
 
