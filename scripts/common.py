@@ -181,10 +181,14 @@ RESUME_GROW = frozenset({"EPOCHS", "EPOCHS_F", "ITERATIONS"})
 def _restart_marker(script_file, cfg):
     """Under torchrun: the file naming this launch's run directory, so that the workers a
     restart brings up (TORCHELASTIC_RESTART_COUNT > 0) continue the same run.  Keyed by the
-    rendezvous id and the launching agent's process id, both fixed across restarts."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
+    rendezvous id (--rdzv-id, unique per job across machines); where torchrun has none
+    (a plain single-machine launch), by the launching agent's process id as well, which is
+    fixed across restarts."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
         return None
-    key = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{os.environ['TORCHELASTIC_RUN_ID']}-{os.getppid()}")
+    key = run_id if run_id not in ("", "none") else f"{run_id}-{os.getppid()}"
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
     return Path(getattr(cfg, "RESULTS_DIR", "results")) / Path(script_file).stem / f".launch-{key}"
 
 
