@@ -94,11 +94,35 @@ def set_rng_state(state, generator=None):
         generator.set_state(state["generator"])
 
 
+def training_state(epoch, model, optimizers, generator, history, scheduler=None):
+    """What continues a training loop after ``epoch``: parameters, optimiser (and scheduler)
+    states, the random generators' states and the history so far."""
+    return {"epoch": epoch, "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(generator), "history": history}
+
+
+def restore(state, model, optimizers, generator, scheduler=None):
+    """Load a ``training_state`` into the loop's objects; returns (history, first epoch to run)."""
+    model.load_state_dict(state["model"])
+    for opt, saved in zip(optimizers, state["optimizers"], strict=True):
+        opt.load_state_dict(saved)
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], generator)
+    return {k: list(v) for k, v in state["history"].items()}, state["epoch"] + 1
+
+
+def restart_count():
+    """Restarts of the worker group so far (torchrun and the scripts' own elastic launcher
+    set TORCHELASTIC_RESTART_COUNT; 0 outside them)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def fail_once(what, mode="raise"):
     """A testing aid for restarts: fail now (raise, or SIGKILL this process with mode
-    "kill"), unless this is a restarted attempt (torchrun and the scripts' own elastic
-    launcher count them in TORCHELASTIC_RESTART_COUNT)."""
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+    "kill"), unless this is a restarted attempt."""
+    if restart_count() > 0:
         return
     if mode == "kill":
         print(f"{what}: killing itself (SIGKILL)", flush=True)

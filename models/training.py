@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.batching import batches
-from models.checkpoint import rng_state, set_rng_state
+from models.checkpoint import restore, training_state
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -113,18 +113,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     history = {"epoch": [], "loss": [], "train_acc": [], "seconds": []}
     start = 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(resume["scheduler"])
-        set_rng_state(resume["rng"], gen)
-        history = {k: list(v) for k, v in resume["history"].items()}
-        start = resume["epoch"] + 1
-
-    def state(epoch):
-        return {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None, "rng": rng_state(gen),
-                "history": history}
+        history, start = restore(resume, model, [opt], gen, sched)
 
     model.train()
     n_batches = -(-len(y) // batch_size)
@@ -157,7 +146,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
         if log is not None:
             log(f"epoch {epoch:4d}  loss {mean_loss:.4f}  train acc {acc:.4f}  {seconds:.2f}s")
         if on_epoch_end is not None:
-            on_epoch_end(epoch, lambda epoch=epoch: state(epoch))
+            on_epoch_end(epoch, lambda epoch=epoch: training_state(epoch, model, [opt], gen, history, sched))
     return history
 
 

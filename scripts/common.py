@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from models.checkpoint import restart_count
+
 ROOT = Path(__file__).resolve().parents[1]
 _CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*#\s*(.*)$")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -201,7 +203,7 @@ def resume_constants(script_file, cfg):
     and as growth for RESUME_GROW, refused (UsageError) for the rest."""
     path = getattr(cfg, "RESUME", "")
     marker = _restart_marker(script_file, cfg)
-    if not path and marker is not None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+    if not path and marker is not None and restart_count() > 0:
         path = marker.read_text().strip() if marker.is_file() else ""
     if not path:
         return cfg, None

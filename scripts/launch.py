@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from models.checkpoint import restart_count
+
 GRACE_S = 5.0  # after a failure, seconds before SIGTERM, then SIGKILL, for the others
 
 
@@ -91,7 +93,7 @@ def init_worker(rank, world_size, local_rank, local_world, *, threads=0, backend
     # A restarted group (torchrun, or our launcher) meets in the elastic agent's store, which
     # still holds the previous attempt's keys: the workers would read the dead workers' gloo
     # addresses ("connectFullMesh failed ... Connection refused").  A prefix per attempt.
-    store = dist.PrefixStore(f"attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    store = dist.PrefixStore(f"attempt_{restart_count()}/", store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return DistContext(rank, world_size, device, backend)
 
@@ -101,16 +103,10 @@ _PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "DistBa
                 "Broken pipe", "Timed out", "timed out", "ProcessGroupGloo", "ProcessGroupNCCL")
 
 
-def _attempt():
-    """(restarts so far, restarts allowed) of an elastic launch: torchrun's or ours."""
-    return (int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
-            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")))
-
-
 def _run_rank(ctx, fn, args):
     """fn(ctx, *args) on one rank; returns its value.  A failure that the launcher will
     answer with a restart is told here (after the last one, WorkerFailed tells it)."""
-    count, allowed = _attempt()
+    count, allowed = restart_count(), int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
     if count and ctx.is_main:
         print(f"worker group restarted ({count} of {allowed} restarts): continuing from the latest checkpoint",
               file=sys.stderr, flush=True)
@@ -138,13 +134,12 @@ def _elastic_entry(fn, args, threads, backend, timeout_s):
     return _run_rank(ctx, fn, args)
 
 
-def _failure_text(failure):
-    """A failed worker's traceback (from its error file) or how it died (a signal)."""
-    msg = failure.message
-    if isinstance(msg, dict):
-        trace = msg.get("extraInfo", {}).get("py_callstack")
-        return trace or str(msg.get("message", msg))
-    return str(msg)
+def _trace(message):
+    """The traceback in an elastic error message (an error file's), or the message itself
+    (how a worker died, for a signal)."""
+    if isinstance(message, dict):
+        return message.get("extraInfo", {}).get("py_callstack") or str(message.get("message", message))
+    return str(message)
 
 
 def _error_files(log_dir):
@@ -154,8 +149,7 @@ def _error_files(log_dir):
     attempts = sorted(Path(log_dir).glob("*/attempt_*"), key=lambda p: int(p.name.split("_")[1]))
     for path in sorted(attempts[-1].glob("*/error.json")) if attempts else ():
         try:
-            msg = json.loads(path.read_text())["message"]
-            found[int(path.parent.name)] = msg["extraInfo"]["py_callstack"] if isinstance(msg, dict) else str(msg)
+            found[int(path.parent.name)] = _trace(json.loads(path.read_text())["message"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
     return found
@@ -163,7 +157,7 @@ def _error_files(log_dir):
 
 def _failure_report(failures, log_dir):
     """Every failed worker's traceback, the ones that are not about a lost peer first."""
-    texts = {rank: _failure_text(f) for rank, f in failures.items()}
+    texts = {rank: _trace(f.message) for rank, f in failures.items()}
     texts.update(_error_files(log_dir))
     traces = sorted(texts.items(), key=lambda rt: (any(p in rt[1] for p in _PEER_ERRORS), rt[0]))
     if not traces:

@@ -45,27 +45,29 @@ class DistSGConfig:
     checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
 
 
-def _stage_checkpoints(run_dir, rank):
-    """{epoch: path} of the intact checkpoints of one stage (the latest and the previous)."""
+def _stage_checkpoints(run_dir, rank, device):
+    """{epoch: state} of the intact checkpoints of one stage (the latest and the previous)."""
     found = {}
     for path in checkpoint.paths(run_dir, f"stage{rank}"):
         if path.exists():
             try:
-                found[int(checkpoint.read(path)["epoch"])] = str(path)
+                state = checkpoint.read(path, map_location=device)
             except checkpoint.CheckpointError:
                 raise
             except Exception:  # truncated or damaged: the other one may do
-                pass
+                continue
+            found[int(state["epoch"])] = state
     return found
 
 
-def _common_epoch(run_dir, rank, world):
-    """The latest epoch every stage holds a checkpoint of (0: start afresh), and its file here.
+def _common_epoch(run_dir, rank, world, device):
+    """The latest epoch every stage holds a checkpoint of (0: start afresh), and this stage's
+    state at that epoch (None at 0).
 
     A stage saves after draining its true gradients, so no stage can save epoch e + k
     before every later stage has saved epoch e: the stages' latest checkpoints are at most
     one apart, and with the previous one kept the common epoch is always there."""
-    mine = _stage_checkpoints(run_dir, rank) if run_dir else {}
+    mine = _stage_checkpoints(run_dir, rank, device)
     everyone = [None] * world
     dist.all_gather_object(everyone, sorted(mine))
     common = set(everyone[0]).intersection(*everyone[1:]) if all(everyone) else set()
@@ -128,9 +130,8 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     holder = [cfg.run_dir]
     dist.broadcast_object_list(holder, src=0)  # under torchrun only rank 0 knows the run directory
     run_dir = holder[0] if cfg.checkpoint_every > 0 else None
-    start, path = _common_epoch(run_dir, i, M) if run_dir else (0, None)
-    if path is not None:
-        saved = checkpoint.read(path, map_location=dev)
+    start, saved = _common_epoch(run_dir, i, M, dev) if run_dir else (0, None)
+    if saved is not None:
         with torch.no_grad():
             for n, p in owned_params.items():
                 p.copy_(saved["params"][n])

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.batching import batches
-from models.checkpoint import rng_state, set_rng_state
+from models.checkpoint import restore, training_state
 from models.training import Progress, check_finite, make_optimizer
 
 
@@ -117,19 +117,10 @@ def train_serial(cnet, data, *, epochs, lr, sg_lr, batch_size, optimizer="adam",
     trainer = SGTrainer(cnet, lr=lr, sg_lr=sg_lr, optimizer=optimizer, true_gradients=true_gradients)
     gen = torch.Generator().manual_seed(seed)
     hist = {"epoch": [], "loss": [], "sg_mse": [], "sg_cos": [], "seconds": [], "theoretical_s": [], "test_acc": []}
+    optimizers = trainer.opts + trainer.sg_opts
     start = 1
     if resume is not None:
-        cnet.load_state_dict(resume["model"])
-        for opt, st in zip(trainer.opts + trainer.sg_opts, resume["optimizers"]):
-            opt.load_state_dict(st)
-        set_rng_state(resume["rng"], gen)
-        hist = {k: list(v) for k, v in resume["history"].items()}
-        start = resume["epoch"] + 1
-
-    def state(epoch):
-        return {"epoch": epoch, "model": cnet.state_dict(),
-                "optimizers": [o.state_dict() for o in trainer.opts + trainer.sg_opts], "rng": rng_state(gen),
-                "history": hist}
+        hist, start = restore(resume, cnet, optimizers, gen)
 
     for epoch in range(start, epochs + 1):
         stats = trainer.train_epoch(data.x_train, data.y_train, batch_size, gen, epoch=epoch)
@@ -142,5 +133,5 @@ def train_serial(cnet, data, *, epochs, lr, sg_lr, batch_size, optimizer="adam",
             log(f"{tag}epoch {epoch:3d}  loss {stats['loss']:.4f}  test acc {stats['test_acc']:.4f}  "
                 f"module cos [{cos}]  {stats['seconds']:.2f}s (theoretical {stats['theoretical_s']:.2f}s)")
         if on_epoch_end is not None:
-            on_epoch_end(epoch, lambda epoch=epoch: state(epoch))
+            on_epoch_end(epoch, lambda epoch=epoch: training_state(epoch, cnet, optimizers, gen, hist))
     return hist

@@ -87,7 +87,7 @@ def test_phase_plane_diverges_collapses_and_preserves_as_figure_1():
     keep = st.phase_plane(st.PHASE_KS["antisymmetric, eig +-i"], points, h, n)["resnet"]["growth"]
     bound = (1 + h ** 2) ** (n / 2)
     assert grow > 1.5 and shrink < 0.5
-    assert 1 / bound <= keep <= bound
+    assert 1 < keep <= bound  # forward Euler on eigenvalues +-i: |1 +- ih| > 1, so a slight growth
 
 
 def test_phase_plane_uses_the_schemes_own_steps():
