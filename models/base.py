@@ -78,74 +78,18 @@ class LayerOps:
         return A - 0.5 * gamma * eye
 
 
-class StableNet(nn.Module):
-    """Base class: lift, N layers of ``step``, linear classifier.
+class LayeredNet(nn.Module):
+    """The loop every network shares: a state tuple passed through layers 0, ..., N-1.
 
-    Args:
-        in_shape: shape of one input sample, (features,) or (channels, height, width).
-        num_classes: number of classes (logits produced).
-        n_layers: N, the number of layers (time steps).
-        h: the step size.
-        conv: 3x3 convolutional layers instead of dense ones (needs an image input).
-        width: dense only. The state width W; the input is flattened and zero-padded
-            from its d features to W (an augmented state, d <= W). Default d.
-        channels: conv only. The number C of channels of the state; the image is lifted
-            to C channels by a learned 3x3 convolution (the opening layer, no activation).
-        activation: "tanh" (default), "relu" or "identity" (a linear network, for analysis).
-
-    The state passed between layers is a tuple of tensors whose first entry is Y;
-    Verlet and leapfrog carry a second one (Z, or Y_{j-1}), so that ``integrate`` can
-    run any sub-range [ini, end) of the layers and carry everything across the cut.
+    A subclass sets ``n_layers`` and states ``lift_input``, ``init_state``, ``step`` and
+    ``classify``; ``integrate`` runs any sub-range [ini, end) of the layers, so that the
+    trainers can cut the network anywhere and carry the state tuple across the cut.
     """
 
-    name = "base"
+    n_layers: int
 
-    def __init__(self, in_shape, num_classes, n_layers, h, *, conv=False, width=None,
-                 channels=8, activation="tanh"):
-        super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-        if not h > 0:
-            raise ValueError(f"the step size h must be > 0, got {h}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        self.in_shape = tuple(in_shape)
-        self.num_classes = num_classes
-        self.n_layers = n_layers
-        self.h = float(h)
-        self.conv = conv
-        self.activation = activation
-        self.sigma = ACTIVATIONS[activation]
-        self.ops = LayerOps(conv)
-        if conv:
-            if len(self.in_shape) != 3:
-                raise ValueError(f"a convolutional network needs image input (C, H, W), got {self.in_shape}")
-            c_in, height, wid = self.in_shape
-            self.channels = channels
-            self.lift = nn.Conv2d(c_in, channels, 3, padding=1)
-            self.state_shape = (channels, height, wid)
-            k_shape, b_shape, fan_in = (channels, channels, 3, 3), (channels,), 9 * channels
-        else:
-            features = math.prod(self.in_shape)
-            self.width = features if width is None else int(width)
-            if self.width < features:
-                raise ValueError(f"width {self.width} is smaller than the {features} input features")
-            self.lift = None
-            self.state_shape = (self.width,)
-            k_shape, b_shape, fan_in = (self.width, self.width), (self.width,), self.width
-        self.K = nn.ParameterList(
-            [nn.Parameter(torch.randn(k_shape) / math.sqrt(fan_in)) for _ in range(n_layers)])
-        self.b = nn.ParameterList([nn.Parameter(torch.zeros(b_shape)) for _ in range(n_layers)])
-        self.classifier = nn.Linear(math.prod(self.state_shape), num_classes)
-
-    # ---- the pieces of a forward pass -------------------------------------------------
     def lift_input(self, x):
-        """Input batch -> Y_0 (dense: flattened and zero-padded; conv: opening layer)."""
-        if self.conv:
-            return self.lift(x)
-        Y = x.flatten(1)
-        pad = self.width - Y.shape[1]
-        return F.pad(Y, (0, pad)) if pad else Y
+        raise NotImplementedError
 
     def init_state(self, Y0):
         """The integrator state at layer 0; first-order schemes carry Y alone."""
@@ -168,10 +112,90 @@ class StableNet(nn.Module):
         return state
 
     def classify(self, state):
-        return self.classifier(state[0].flatten(1))
+        raise NotImplementedError
 
     def forward(self, x):
         return self.classify(self.integrate(self.initial_state(x)))
+
+
+class StableNet(LayeredNet):
+    """Base class: lift, N layers of ``step``, linear classifier.
+
+    Args:
+        in_shape: shape of one input sample, (features,) or (channels, height, width).
+        num_classes: number of classes (logits produced).
+        n_layers: N, the number of layers (time steps).
+        h: the step size.
+        conv: 3x3 convolutional layers instead of dense ones (needs an image input).
+        width: dense only. The state width W; the input is flattened and zero-padded
+            from its d features to W (an augmented state, d <= W). Default d.
+        channels: conv only. The number C of channels of the state; the image is lifted
+            to C channels by a learned 3x3 convolution (the opening layer, no activation).
+        activation: "tanh" (default), "relu" or "identity" (a linear network, for analysis).
+        unit: a unit of a multi-unit network (models.units): no opening layer and no
+            classifier; the input is already the state, of shape ``in_shape``.
+
+    The state passed between layers is a tuple of tensors whose first entry is Y;
+    Verlet and leapfrog carry a second one (Z, or Y_{j-1}), so that ``integrate`` can
+    run any sub-range [ini, end) of the layers and carry everything across the cut.
+    """
+
+    name = "base"
+
+    def __init__(self, in_shape, num_classes, n_layers, h, *, conv=False, width=None,
+                 channels=8, activation="tanh", unit=False):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        if not h > 0:
+            raise ValueError(f"the step size h must be > 0, got {h}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        self.in_shape = tuple(in_shape)
+        self.num_classes = num_classes
+        self.n_layers = n_layers
+        self.h = float(h)
+        self.conv = conv
+        self.activation = activation
+        self.sigma = ACTIVATIONS[activation]
+        self.ops = LayerOps(conv)
+        if conv:
+            if len(self.in_shape) != 3:
+                raise ValueError(f"a convolutional network needs image input (C, H, W), got {self.in_shape}")
+            c_in, height, wid = self.in_shape
+            self.channels = channels
+            self.lift = None if unit else nn.Conv2d(c_in, channels, 3, padding=1)
+            self.state_shape = (channels, height, wid)
+            k_shape, b_shape, fan_in = (channels, channels, 3, 3), (channels,), 9 * channels
+        else:
+            features = math.prod(self.in_shape)
+            self.width = features if width is None else int(width)
+            if self.width < features:
+                raise ValueError(f"width {self.width} is smaller than the {features} input features")
+            self.lift = None
+            self.state_shape = (self.width,)
+            k_shape, b_shape, fan_in = (self.width, self.width), (self.width,), self.width
+        self.K = nn.ParameterList(
+            [nn.Parameter(torch.randn(k_shape) / math.sqrt(fan_in)) for _ in range(n_layers)])
+        self.b = nn.ParameterList([nn.Parameter(torch.zeros(b_shape)) for _ in range(n_layers)])
+        self.classifier = None if unit else nn.Linear(math.prod(self.state_shape), num_classes)
+
+    # ---- the pieces of a forward pass -------------------------------------------------
+    def lift_input(self, x):
+        """Input batch -> Y_0 (dense: flattened and zero-padded; conv: opening layer,
+        none in a unit of a multi-unit network)."""
+        if self.conv:
+            return x if self.lift is None else self.lift(x)
+        Y = x.flatten(1)
+        pad = self.width - Y.shape[1]
+        return F.pad(Y, (0, pad)) if pad else Y
+
+    def state_shape_at(self, j):
+        """The shape of one sample's Y entering layer j (j = N: leaving the last layer)."""
+        return self.state_shape
+
+    def classify(self, state):
+        return self.classifier(state[0].flatten(1))
 
     def features(self, Y0):
         """Y_0, ..., Y_N reached from the lifted state Y0, stacked as (N + 1, B, *state_shape)."""
@@ -200,12 +224,12 @@ class StableNet(nn.Module):
     # ---- regularisers of the paper ----------------------------------------------------
     def regularization(self, alpha_f=0.0, alpha_c=0.0):
         """alpha_f/(2h) sum_j (|K_{j+1}-K_j|^2 + |b_{j+1}-b_j|^2) + alpha_c |W|^2."""
-        reg = self.classifier.weight.new_zeros(())
+        reg = self.K[0].new_zeros(())
         if alpha_f:
             smooth = sum(((self.K[j + 1] - self.K[j]) ** 2).sum() + ((self.b[j + 1] - self.b[j]) ** 2).sum()
                          for j in range(self.n_layers - 1))
             reg = reg + alpha_f / (2 * self.h) * smooth
-        if alpha_c:
+        if alpha_c and self.classifier is not None:
             reg = reg + alpha_c * (self.classifier.weight ** 2).sum()
         return reg
 

@@ -92,11 +92,12 @@ class Progress:
 
 
 def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_gamma=0.5,
-        alpha_f=0.0, alpha_c=0.0, seed=0, log=None, resume=None, on_epoch_end=None):
+        alpha_f=0.0, alpha_c=0.0, seed=0, log=None, resume=None, on_epoch_end=None, augment=False):
     """Train ``model`` on the tensors x, y (already on the model's device).
 
     Cross-entropy on the logits, plus the paper's regularisers when alpha_f/alpha_c > 0.
     ``lr_step`` > 0 multiplies the learning rate by ``lr_gamma`` every lr_step epochs.
+    ``augment``: random crops (padding 4) and flips of every batch (datasets.augment).
     ``log`` (e.g. print) receives one progress line per epoch.  Returns the history:
     per-epoch loss, train accuracy (on the fly, during the epoch) and seconds.
     Raises DivergenceError if the loss becomes NaN or infinite.
@@ -123,7 +124,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
         correct = torch.zeros((), dtype=torch.long, device=x.device)
         bar = Progress(n_batches, f"epoch {epoch}")
         seen = 0
-        for xb, yb in batches(x, y, batch_size, shuffle=True, generator=gen):
+        for xb, yb in batches(x, y, batch_size, shuffle=True, generator=gen, augment=augment):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             total = loss + model.regularization(alpha_f, alpha_c) if regularised else loss

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from datasets.augment import crop_flip
 from datasets.batching import batch_bounds
 from models.base import split_layers
 from models.checkpoint import fail_once
@@ -54,6 +55,7 @@ class PVDConfig:
     affine_iters: int = 20  # L-BFGS iterations of the affine synchronisation
     target_acc: float = 1.0  # stop once the test (validation) accuracy reaches it
     train_classifier: bool = True  # every processor trains the classifier (else it gets a mu)
+    augment: bool = False  # random crops and flips of the direction and parallel-phase batches
     seed: int = 0
     fail_rank: int = -1  # testing aid: this processor fails in iteration fail_iteration (-1: none)
     fail_iteration: int = 1  # ... in the first attempt only (a restarted group goes on)
@@ -162,20 +164,21 @@ class PVD:
         """A generator seeded by (seed, *key), the same in every process (no str hash)."""
         return torch.Generator().manual_seed(zlib.crc32(repr((self.cfg.seed,) + key).encode()))
 
-    def _batches(self, count, gen):
-        """``count`` batches (0: all) of a shuffled epoch of the training set."""
+    def _batches(self, count, gen, augment=False):
+        """``count`` batches (0: all) of a shuffled epoch of the training set, with
+        ``augment`` randomly cropped and flipped (datasets.augment)."""
         x, y = self.data.x_train, self.data.y_train
         perm = torch.randperm(len(y), generator=gen).to(x.device)
         bounds = batch_bounds(len(y), self.cfg.batch_size)
         bounds = bounds[:count] if count else bounds
-        return [(x[perm[i:j]], y[perm[i:j]]) for i, j in bounds]
+        return [(crop_flip(x[perm[i:j]], gen) if augment else x[perm[i:j]], y[perm[i:j]]) for i, j in bounds]
 
     def _loss(self, params, xb, yb):
         return F.cross_entropy(functional_call(self.model, params, (xb,)), yb)
 
     def direction_share(self, k, l):
         """Sum of the per-batch gradients over processor l's share of the direction batches."""
-        batches = self._batches(self.cfg.direction_batches, self._generator("direction", k))
+        batches = self._batches(self.cfg.direction_batches, self._generator("direction", k), self.cfg.augment)
         params = {n: t.clone().requires_grad_() for n, t in self.x.items()}
         for xb, yb in batches[l::self.cfg.num_proc]:
             self._loss(params, xb, yb).backward()
@@ -198,7 +201,7 @@ class PVD:
         gen = self._generator("solve", k, l)
         steps = 0
         for _ in range(cfg.epochs):
-            for xb, yb in self._batches(0, gen):
+            for xb, yb in self._batches(0, gen, cfg.augment):
                 loss = self._loss(self.mixed(free, mu, d, l), xb, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

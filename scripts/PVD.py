@@ -26,7 +26,7 @@ STEP = 0.5  # step size h
 GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 4  # dense state width, at least the input's features: smaller inputs are zero-padded to it
-CHANNELS = 8  # conv: channels of the state
+UNITS = "8,16,32"  # conv: channels of each unit, joined by 3x3 conv + 2x2 pooling (one value: a single block)
 NUM_PROC = 2  # P: processors, one block of layers each
 PARALLEL = True  # 1: P real processes; 0: the serial mode (theoretical parallel time)
 ITERATIONS = 30  # maximum number of PVD iterations
@@ -40,6 +40,7 @@ TRAIN_CLASSIFIER = True  # every processor trains the classifier (0: it moves al
 LEARN_RATE = 0.01  # learning rate of the parallel phase
 OPTIMIZER = "adam"  # adam or sgd
 BATCH_SIZE = 50  # mini-batch size
+AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0
 THREADS = 0  # intra-op threads per process (0: the cores shared out; serial: all)
 SEED = 0  # random seed
 DEVICE = "auto"  # serial mode: auto, cpu, cuda, ... (parallel: NCCL when each rank has a GPU)
@@ -53,12 +54,13 @@ FAIL_ITERATION = 1  # testing aid: ... in this iteration, in the first attempt o
 FAIL_MODE = "raise"  # testing aid: raise an exception, or kill: the processor sends itself SIGKILL
 
 
-def pvd_config(cfg, num_proc):
+def pvd_config(cfg, meta, num_proc):
     return PVDConfig(num_proc=num_proc, iterations=cfg.ITERATIONS, epochs=cfg.EPOCHS, steps=cfg.STEPS,
                      lr=cfg.LEARN_RATE, optimizer=cfg.OPTIMIZER, batch_size=cfg.BATCH_SIZE,
                      direction_batches=cfg.DIRECTION_BATCHES, sync_batches=cfg.SYNC_BATCHES, sync=cfg.SYNC,
                      target_acc=cfg.TARGET_ACC, train_classifier=cfg.TRAIN_CLASSIFIER, seed=cfg.SEED,
-                     fail_rank=cfg.FAIL_RANK, fail_iteration=cfg.FAIL_ITERATION, fail_mode=cfg.FAIL_MODE)
+                     fail_rank=cfg.FAIL_RANK, fail_iteration=cfg.FAIL_ITERATION, fail_mode=cfg.FAIL_MODE,
+                     augment=common.augmenting(cfg, meta))
 
 
 def main(argv=None):
@@ -74,7 +76,7 @@ def main(argv=None):
     data = common.load_data(cfg)
     torch.manual_seed(cfg.SEED)
     model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg, meta))
-    pcfg = pvd_config(cfg, num_proc)
+    pcfg = pvd_config(cfg, meta, num_proc)
     run = common.RunDir(__file__, cfg, extra={"architecture": arch, "num_proc": num_proc},
                         path=resume_path) if main_rank else None
     saver = common.Checkpointer(run.path, cfg, cfg.ITERATIONS) if main_rank else None
@@ -84,6 +86,7 @@ def main(argv=None):
         mode = f"{num_proc} processes" if cfg.PARALLEL else "serial mode"
         print(f"PVD ({mode}, sync={cfg.SYNC}) of {arch}, N={cfg.N}, h={cfg.STEP} on {meta.name}; "
               f"results in {run.path}", flush=True)
+        common.describe(model)
     if cfg.PARALLEL:
         out = launch(parallel_worker, num_proc, (model, data, pcfg, True, saver), threads=cfg.THREADS,
                      max_restarts=cfg.MAX_RESTARTS)

@@ -22,7 +22,7 @@ def train(cfg, model, data, log, resume=None, on_epoch_end=None):
                   batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, lr_step=cfg.LR_STEP,
                   alpha_f=cfg.ALPHA_F if getattr(cfg, "REG_F", False) else 0.0,
                   alpha_c=cfg.ALPHA_C if getattr(cfg, "REG_C", False) else 0.0, seed=cfg.SEED, log=log,
-                  resume=resume, on_epoch_end=on_epoch_end)
+                  resume=resume, on_epoch_end=on_epoch_end, augment=common.augmenting(cfg, data.info))
     result = {"train_acc": evaluate(model, data.x_train, data.y_train),
               "test_acc": evaluate(model, data.x_test, data.y_test), "train_time_s": sum(history["seconds"])}
     return history, result
@@ -47,6 +47,7 @@ def train_single(script_file, cfg):
     print(f"{arch} ({'conv' if cfg.CONV else 'dense'}), N={cfg.N}, h={cfg.STEP} on {meta.name} "
           f"({len(data.y_train)} train / {len(data.y_test)} test) on {device}; results in {run.path}")
     model = build(cfg, arch, meta, device)
+    common.describe(model)
     saver = common.Checkpointer(run.path, cfg, cfg.EPOCHS)
     history, result = train(cfg, model, data, print, resume=state, on_epoch_end=saver)
     result["checkpoint_s"] = saver.seconds

@@ -139,6 +139,18 @@ def resolve(cfg, *, layers_name="N", step_names=("STEP",)):
     check(getattr(cfg, "FAIL_MODE", "raise") in ("raise", "kill"),
           f"unknown FAIL_MODE {getattr(cfg, 'FAIL_MODE', '')!r}; valid: raise, kill")
     check(getattr(cfg, "WIDTH", 0) >= 0, f"WIDTH must be >= 0, got {getattr(cfg, 'WIDTH', 0)}")
+    if cfg.CONV and hasattr(cfg, "UNITS"):
+        units = unit_channels(cfg)
+        layers = getattr(cfg, layers_name) * getattr(cfg, "M", 1)
+        check(layers >= len(units), f"UNITS has {len(units)} units but the network has {layers} layers "
+                                    "(at least one per unit)")
+        height = min(meta.shape[1:])
+        check(height >> (len(units) - 1) >= 1, f"UNITS: {len(units)} units pool the {meta.shape[1]}x"
+                                               f"{meta.shape[2]} images {len(units) - 1} times, too many")
+    if hasattr(cfg, "AUGMENT"):
+        check(str(cfg.AUGMENT).lower() in ("auto", *_TRUE, *_FALSE),
+              f"AUGMENT must be auto, 1 or 0, got {cfg.AUGMENT!r}")
+        check(not augmenting(cfg, meta) or meta.image, f"AUGMENT crops and flips images; {meta.name} has none")
     if meta.needs_files:
         root = Path(cfg.DATA_ROOT)
         check(not root.exists() or (root.is_dir() and os.access(root, os.R_OK | os.X_OK)),
@@ -146,17 +158,43 @@ def resolve(cfg, *, layers_name="N", step_names=("STEP",)):
     return meta, arch, device
 
 
+def unit_channels(cfg):
+    """UNITS ("16,32,64") as a tuple of channel counts; UsageError if it is not one."""
+    text = str(getattr(cfg, "UNITS", "8"))
+    try:
+        units = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        units = ()
+    check(units and min(units) >= 1, f"UNITS must be channel counts separated by commas, such as 16,32,64; "
+                                     f"got {text!r}")
+    return units
+
+
+def augmenting(cfg, meta):
+    """Whether AUGMENT asks for random crops and flips: auto means on CIFAR-10 only (the
+    papers' practice), off for the digit and clothing sets."""
+    value = str(getattr(cfg, "AUGMENT", "0")).strip().lower()
+    return meta.name == "CIFAR10" if value == "auto" else value in _TRUE
+
+
 def model_kwargs(cfg, meta):
     """Keyword arguments of models.build_model taken from the constants.
 
     WIDTH is a minimum: a dense state is max(WIDTH, the input's features) wide, so that
-    one WIDTH suits every dataset (the toy sets are padded, the image sets are not)."""
+    one WIDTH suits every dataset (the toy sets are padded, the image sets are not).
+    UNITS gives a conv network its units (one: the single-block network)."""
     kw = {"conv": bool(cfg.CONV), "activation": cfg.ACTIVATION, "gamma": getattr(cfg, "GAMMA", 0.01)}
     if cfg.CONV:
-        kw["channels"] = getattr(cfg, "CHANNELS", 8)
+        kw["units"] = unit_channels(cfg)
     else:
         kw["width"] = max(getattr(cfg, "WIDTH", 0), meta.features)
     return kw
+
+
+def describe(model):
+    """Print a multi-unit network's table of shapes (other networks say it in one line)."""
+    if hasattr(model, "table"):
+        print(f"{'piece':<26} {'shape':>10}  layers\n{model.table()}", flush=True)
 
 
 def load_data(cfg, device=None, log=print):

@@ -37,7 +37,8 @@ def complex_net(cfg, meta, arch, stages, layers_per_stage, h):
 def _serial(cnet, data, cfg, *, epochs, lr, true_gradients=False, tag="", resume=None, on_epoch_end=None):
     hist = train_serial(cnet, data, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
                         optimizer=cfg.OPTIMIZER, true_gradients=true_gradients, seed=cfg.SEED,
-                        log=lambda s: print(s, flush=True), tag=tag, resume=resume, on_epoch_end=on_epoch_end)
+                        log=lambda s: print(s, flush=True), tag=tag, resume=resume, on_epoch_end=on_epoch_end,
+                        augment=common.augmenting(cfg, data.info))
     # training time: the epochs themselves, not the per-epoch test evaluation
     return hist, {"train_time_s": sum(hist["seconds"]), "theoretical_time_s": sum(hist["theoretical_s"]),
                   "train_acc": evaluate(cnet, data.x_train, data.y_train),
@@ -48,7 +49,8 @@ def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
     dcfg = DistSGConfig(epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
                         optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, seed=cfg.SEED,
                         fail_stage=cfg.FAIL_STAGE, fail_epoch=cfg.FAIL_EPOCH, fail_mode=cfg.FAIL_MODE,
-                        run_dir=str(run.path) if run is not None else None, checkpoint_every=cfg.CHECKPOINT_EVERY)
+                        run_dir=str(run.path) if run is not None else None, checkpoint_every=cfg.CHECKPOINT_EVERY,
+                        augment=common.augmenting(cfg, data.info))
     t0 = time.perf_counter()
     out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), dcfg), threads=cfg.THREADS,
                  max_restarts=cfg.MAX_RESTARTS)
@@ -101,6 +103,7 @@ def standard(script, cfg):
     cfg, _, meta, arch, device, data, run, state = _open(script, cfg, lambda c: c.M)
     cnet = complex_net(cfg, meta, arch, cfg.M, cfg.N, cfg.STEP).to(device)
     print(f"synthetic gradients, serial: {cfg.M} x {cfg.N} layers of {arch} on {meta.name}; results in {run.path}")
+    common.describe(cnet.net)
     hist, result = _serial(cnet, data, cfg, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, resume=state,
                            on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS))
     print(f"test acc {result['test_acc']:.4f}; time {result['train_time_s']:.1f}s, "
@@ -142,6 +145,7 @@ def distributed(script, cfg):
     if main_rank:
         print(f"synthetic gradients, {stages} processes: {stages} x {cfg.N} layers of {arch} on {meta.name}; "
               f"results in {run.path}", flush=True)
+        common.describe(cnet.net)
     hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run)
     if main_rank:
         print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "

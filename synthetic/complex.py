@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from models.base import split_layers
@@ -11,12 +12,14 @@ from .modules import SyntheticGradient
 
 
 class ComplexNet(nn.Module):
-    """M consecutive layer ranges of one StableNet, with a synthetic-gradient module at each cut.
+    """M consecutive layer ranges of one network, with a synthetic-gradient module at each cut.
 
-    Sub-network i runs layers [a_i, b_i) of ``net``; the first also lifts the input and
-    the last classifies, so sub-network i maps a state tuple (Y, plus Z for Verlet or
-    Y_{j-1} for leapfrog) to the next.  ``modules[i]`` predicts the gradient at the cut
-    after sub-network i.  The whole network is ``net`` itself: forward(x) = net(x).
+    Sub-network i runs layers [a_i, b_i) of ``net`` (a StableNet or a MultiUnitNet, cut
+    anywhere, a connective layer included); the first also lifts the input and the last
+    classifies, so sub-network i maps a state tuple (Y, plus Z for Verlet or Y_{j-1} for
+    leapfrog) to the next.  ``modules[i]`` predicts the gradient at the cut after
+    sub-network i and is sized for the state there (``cut_shape(i)``).  The whole network
+    is ``net`` itself: forward(x) = net(x).
     """
 
     def __init__(self, net, num_stages, *, sg_kind="linear", modules=None):
@@ -28,8 +31,16 @@ class ComplexNet(nn.Module):
         self.bounds = split_layers(net.n_layers, num_stages)
         n_state = len(net.init_state(net.lift_input(_probe(net))))
         self.sg = modules if modules is not None else nn.ModuleList(
-            SyntheticGradient(net.state_shape, n_state, net.num_classes, conv=net.conv, kind=sg_kind)
-            for _ in range(num_stages - 1))
+            SyntheticGradient(self.cut_shape(i), n_state, net.num_classes, conv=net.conv, kind=sg_kind)
+            for i in range(num_stages - 1))
+
+    def cut_shape(self, i):
+        """The shape of one sample's Y at the cut after sub-network i."""
+        return self.net.state_shape_at(self.bounds[i][1])
+
+    def input_shape(self, i):
+        """The shape of one sample's Y entering sub-network i >= 1."""
+        return self.cut_shape(i - 1)
 
     def stage_forward(self, i, inp):
         """Sub-network i: input batch (i = 0) or state tuple -> state tuple, or logits (last)."""
@@ -56,7 +67,11 @@ class ComplexNet(nn.Module):
         return ComplexNet(fine, self.num_stages, modules=copy.deepcopy(self.sg))
 
 
-def _probe(net):
-    import torch
+def input_grads(inputs):
+    """The gradients at a sub-network's inputs; zeros for an input the sub-network does not
+    use (the Z or Y_{j-1} of a unit that a connective layer restarts at rest)."""
+    return tuple(t.grad if t.grad is not None else torch.zeros_like(t) for t in inputs)
 
+
+def _probe(net):
     return torch.zeros(1, *net.in_shape, device=net.classifier.weight.device)

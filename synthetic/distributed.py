@@ -20,10 +20,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from datasets.augment import crop_flip
 from datasets.batching import batch_bounds
 from models import checkpoint
 from models.checkpoint import fail_once
 from models.training import check_finite, make_optimizer
+
+from .complex import input_grads
 
 TAG_STATE, TAG_GRAD = 0, 1
 
@@ -43,6 +46,7 @@ class DistSGConfig:
     verbose: bool = True
     run_dir: str | None = None  # checkpoints go here (rank 0's value counts); None: none
     checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
+    augment: bool = False  # stage 0 crops and flips its batches at random (datasets.augment)
 
 
 def _stage_checkpoints(run_dir, rank, device):
@@ -108,6 +112,7 @@ class _Pending:
 def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     """Rank i trains sub-network i (and module i).  Rank 0 returns the gathered result."""
     M, i = ctx.world_size, ctx.rank
+    last = i == M - 1
     if M != cnet.num_stages:
         raise ValueError(f"one process per sub-network: world size {M}, M {cnet.num_stages}")
     dev = ctx.device
@@ -117,9 +122,9 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     module = cnet.sg[i] if i < M - 1 else None
     sg_opt = make_optimizer("adam", module.parameters(), cfg.sg_lr) if module is not None else None
     n_state = cnet.sg[0].n_state
-    state_shape = cnet.net.state_shape
-    width = math.prod(state_shape)
-    last = i == M - 1
+    in_shape = cnet.input_shape(i) if i > 0 else None  # messages carry the shape of their cut
+    in_width = math.prod(in_shape) if i > 0 else 0
+    out_width = math.prod(cnet.cut_shape(i)) if not last else 0
 
     pending, sends = deque(), []
     hist = {"epoch": [], "loss": [], "sg_mse": [], "sg_cos": [], "seconds": []}
@@ -176,11 +181,11 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
             nb = hi - lo
             if i == 0:
                 idx = perm[lo:hi]
-                inp, labels = x[idx], y[idx]
+                inp, labels = (crop_flip(x[idx], gen) if cfg.augment else x[idx]), y[idx]
             else:
-                msg = torch.empty(nb, n_state * width + 1, device=dev)
+                msg = torch.empty(nb, n_state * in_width + 1, device=dev)
                 dist.irecv(msg, i - 1, tag=TAG_STATE).wait()
-                inp, labels = unpack(msg, n_state, state_shape, with_labels=True)
+                inp, labels = unpack(msg, n_state, in_shape, with_labels=True)
                 inp = tuple(t.requires_grad_() for t in inp)
             out = cnet.stage_forward(i, inp)
             if last:
@@ -191,10 +196,10 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
                 state = tuple(t.detach() for t in out)
                 isend(pack(state, labels), i + 1, TAG_STATE)
                 torch.autograd.backward(out, module.predict(state, labels))
-                buf = torch.empty(nb, n_state * width, device=dev)
+                buf = torch.empty(nb, n_state * out_width, device=dev)
                 pending.append(_Pending(state, labels, buf, dist.irecv(buf, i + 1, tag=TAG_GRAD)))
             if i > 0:
-                isend(pack([t.grad for t in inp]), i - 1, TAG_GRAD)
+                isend(pack(input_grads(inp)), i - 1, TAG_GRAD)
             opt.step()
             opt.zero_grad(set_to_none=True)
             while pending and (len(pending) > cfg.max_in_flight or pending[0].done()):

@@ -10,6 +10,8 @@ from datasets.batching import batches
 from models.checkpoint import restore, training_state
 from models.training import Progress, check_finite, make_optimizer
 
+from .complex import input_grads
+
 
 def _sync(device):
     """Wait for queued GPU work before reading the clock (a no-op on the CPU)."""
@@ -59,7 +61,7 @@ class SGTrainer:
         stats = [None] * (M - 1)
         for i in reversed(range(M - 1)):
             t0 = time.perf_counter()
-            true = tuple(t.grad for t in inputs[i + 1])
+            true = input_grads(inputs[i + 1])
             state = tuple(t.detach() for t in outputs[i])
             grad = true if self.true_gradients else cnet.sg[i].predict(state, yb)
             torch.autograd.backward(outputs[i], grad)
@@ -74,7 +76,7 @@ class SGTrainer:
             opt.zero_grad(set_to_none=True)
         return loss.detach(), seconds, stats
 
-    def train_epoch(self, x, y, batch_size, generator, timed=True, epoch=1):
+    def train_epoch(self, x, y, batch_size, generator, timed=True, epoch=1, augment=False):
         """One epoch; returns its mean loss, the modules' mean MSE and cosine similarity
         to the true gradient (one entry per cut), its seconds and its theoretical seconds."""
         M = self.cnet.num_stages
@@ -85,7 +87,7 @@ class SGTrainer:
         cos_sum = torch.zeros(M - 1, device=x.device)
         backward_total, backward_max, n_batches, seen = 0.0, 0.0, 0, 0
         bar = Progress(-(-len(y) // batch_size), f"epoch {epoch}")
-        for xb, yb in batches(x, y, batch_size, generator=generator):
+        for xb, yb in batches(x, y, batch_size, generator=generator, augment=augment):
             loss, seconds, stats = self.train_batch(xb, yb, timed)
             loss_sum += loss * len(yb)
             seen += len(yb)
@@ -106,12 +108,13 @@ class SGTrainer:
 
 
 def train_serial(cnet, data, *, epochs, lr, sg_lr, batch_size, optimizer="adam", true_gradients=False, seed=0,
-                 log=None, tag="", resume=None, on_epoch_end=None):
+                 log=None, tag="", resume=None, on_epoch_end=None, augment=False):
     """Train a complex network for some epochs; returns the per-epoch history.
 
     ``on_epoch_end(epoch, state)`` and ``resume`` as in models.training.fit: the state
     (network and modules, both kinds of optimiser, the batch generator, the history)
-    continues the run after its epoch exactly as if it had never stopped."""
+    continues the run after its epoch exactly as if it had never stopped.  ``augment``:
+    random crops and flips of every batch (datasets.augment)."""
     from models.training import evaluate
 
     trainer = SGTrainer(cnet, lr=lr, sg_lr=sg_lr, optimizer=optimizer, true_gradients=true_gradients)
@@ -123,7 +126,7 @@ def train_serial(cnet, data, *, epochs, lr, sg_lr, batch_size, optimizer="adam",
         hist, start = restore(resume, cnet, optimizers, gen)
 
     for epoch in range(start, epochs + 1):
-        stats = trainer.train_epoch(data.x_train, data.y_train, batch_size, gen, epoch=epoch)
+        stats = trainer.train_epoch(data.x_train, data.y_train, batch_size, gen, epoch=epoch, augment=augment)
         stats["test_acc"] = evaluate(cnet, data.x_test, data.y_test)
         hist["epoch"].append(epoch)
         for k, v in stats.items():

@@ -37,7 +37,7 @@ def test_toy_scripts_train_all_four_and_draw_them(tmp_path, script):
 @pytest.mark.parametrize("script,choice", [("resTest", "r"), ("antiTest", "a"), ("leapTest", "l")])
 def test_architecture_scripts_read_mnist_idx_files(tmp_path, script, choice):
     write_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=64, n_test=16)
-    res = result_of(run_script(script, "--epochs", 1, "--n", 2, "--conv", 1, "--channels", 2,
+    res = result_of(run_script(script, "--epochs", 1, "--n", 2, "--conv", 1, "--units", "2,3",
                                "--data-root", tmp_path / "data", "--results-dir", tmp_path / "res"))
     assert res["dataset"] == "MNIST" and res["architecture"].startswith(choice)
 

@@ -128,8 +128,8 @@ def test_a_failing_stage_ends_the_run_without_leftovers(tmp_path, script):
 @pytest.mark.parametrize("script,args", [
     ("run_standard_sg", ["--epochs", 2]),
     ("testParallelNet", ["--epochs-c", 1, "--epochs-f", 1, "--sg-module", "mlp1"]),
-    ("distSg", ["--epochs", 2, "--m", 3, "--n", 2]),
-    ("distMulti", ["--epochs-c", 1, "--epochs-f", 1, "--conv", 1, "--channels", 2]),
+    ("distSg", ["--epochs", 2, "--m", 3, "--n", 2, "--conv", 1, "--units", "4,8"]),
+    ("distMulti", ["--epochs-c", 1, "--epochs-f", 1, "--conv", 1, "--units", "4,8"]),
 ])
 def test_sg_scripts_run_end_to_end(tmp_path, script, args):
     res = result_of(run_script(script, *args, "--results-dir", tmp_path))
