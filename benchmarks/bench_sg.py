@@ -1,17 +1,22 @@
-"""Benchmark (issue 4): distributed synthetic gradients against standard backpropagation.
+"""Benchmark (issue 7): our distributed synthetic-gradient pipeline against what a user
+would pick instead, on the same network (M = 2 stages of a 16-layer dense StableNet of
+width 784, cut where our pipeline cuts it), data, seed and epochs.
 
-In one run, on the same network (M = 2 sub-networks, 16 layers in all; Verlet and ResNet), data and seed,
-for the same number of epochs:
-(a) distributed synthetic-gradient training (2 processes x 1 thread) against backprop
-    of the whole network in one process with 1 thread: wall-clock speed-up (goal >= 1.7);
-(b) the same with the backprop baseline given all the cores (goal >= 1.2);
-(c) test accuracy of each (goal: within 1 point), on DIGITS and on Fashion-MNIST
-    (the Debian package's files; a training subset keeps the run to minutes);
-(d) multilevel (coarse 2 x 4 layers with true gradients, prolonged to 2 x 8, synthetic
-    gradients) total time against the fine network from scratch trained until it
-    reaches the multilevel's final accuracy (goal >= 1.5x).
+Speed rows (verlet and resnet, batch 64 and 256, a Fashion-MNIST training subset):
+  ours     distributed synthetic gradients, 2 processes x 1 thread, cost-balanced cuts
+  bp 1t    backprop of the whole network in one process, 1 thread
+  bp all   the same with every core
+  DDP      torch DistributedDataParallel, 2 processes x 1 thread (half of every batch each)
+  GPipe    torch.distributed.pipelining, ScheduleGPipe, 2 x 1, best of 2 / 4 / 8 micro-batches
+  1F1B     the same with Schedule1F1B
+Accuracy rows (verlet and resnet, batch 64, the full training set, the same epochs on
+both sides): ours against backprop.  A multilevel row on DIGITS closes the run.
 
-    python benchmarks/bench_sg.py [--fashion-samples 8000]
+    python benchmarks/bench_sg.py [--speed-samples 4096] [--accuracy-epochs 3]
+
+The summary holds the worst case over the rows of: speedup_same_threads (bp 1t / ours),
+speedup_vs_all_cores (bp all / ours), speedup_vs_best_peer (fastest of DDP, GPipe, 1F1B
+/ ours) and accuracy_gap_points (backprop - ours, test accuracy in points).
 """
 from __future__ import annotations
 
@@ -30,103 +35,154 @@ from models import build_model
 from models.training import evaluate, fit
 from scripts.launch import launch
 from synthetic import ComplexNet, train_serial
+from synthetic.balance import choose_bounds
 from synthetic.distributed import DistSGConfig, stage_worker
+from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker, samples_for
 
-STEP, LR, SG_LR, BATCH = 0.5, 3e-3, 1e-3, 64
+STEP, LR, SG_LR, LAYERS = 0.5, 3e-3, 1e-3, 16
+MICROBATCHES = (2, 4, 8)
+GOALS = {"speedup_same_threads": 1.8, "speedup_vs_all_cores": 1.0, "speedup_vs_best_peer": 1.3,
+         "accuracy_gap_points": 0.5}
 
 
-def network(meta, layers_per_stage, h=STEP, seed=0, arch="verlet"):
+def network(meta, arch, layers=LAYERS, h=STEP, seed=0):
     torch.manual_seed(seed)
-    return ComplexNet(build_model(arch, meta.shape, meta.classes, 2 * layers_per_stage, h), 2)
+    return build_model(arch, meta.shape, meta.classes, layers, h)
 
 
-def compare(data, epochs, label, arch, batch=BATCH):
-    meta = data.info
-    cnet = network(meta, 8, arch=arch)
-    out = launch(stage_worker, 2, (cnet, data, DistSGConfig(epochs=epochs, lr=LR, sg_lr=SG_LR, batch_size=batch,
-                                                             verbose=False)), threads=1)
-    sg_net = copy.deepcopy(cnet)
-    sg_net.load_state_dict(out["state_dict"])
-    t_sg, acc_sg = out["train_time_s"], evaluate(sg_net, data.x_test, data.y_test)
-    row = {"samples": len(data.y_train), "epochs": epochs, "batch_size": batch, "sg_dist_s": t_sg,
-           "sg_test_acc": acc_sg}
-    for threads in (1, os.cpu_count()):
-        torch.set_num_threads(threads)
-        net = copy.deepcopy(cnet.net)
+def ours(net, data, epochs, batch, seed=0):
+    """Our pipeline with cost-balanced cuts: (seconds, test accuracy, bounds, busy fractions)."""
+    bounds, _ = choose_bounds(net, data.x_train[:batch], data.y_train[:batch], 2, threads=1)
+    cnet = ComplexNet(copy.deepcopy(net), 2, bounds=bounds)
+    cfg = DistSGConfig(epochs=epochs, lr=LR, sg_lr=SG_LR, batch_size=batch, seed=seed, verbose=False)
+    out = launch(stage_worker, 2, (cnet, data, cfg), threads=1)
+    cnet.load_state_dict(out["state_dict"])
+    busy = [p["busy_fraction"] for p in out["profiles"]]
+    return out["train_time_s"], evaluate(cnet, data.x_test, data.y_test), bounds, busy
+
+
+def backprop(net, data, epochs, batch, threads, seed=0):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net = copy.deepcopy(net)
         t0 = time.perf_counter()
-        fit(net, data.x_train, data.y_train, epochs=epochs, lr=LR, batch_size=batch, seed=0)
-        row[f"backprop_{threads}t_s"] = time.perf_counter() - t0
-        row[f"backprop_{threads}t_test_acc"] = evaluate(net, data.x_test, data.y_test)
-    cores = os.cpu_count()
-    row["a_speedup_same_threads"] = row["backprop_1t_s"] / t_sg
-    row["b_speedup_vs_all_cores"] = row[f"backprop_{cores}t_s"] / t_sg
-    row["c_accuracy_gap_points"] = 100 * (row["backprop_1t_test_acc"] - acc_sg)
-    print(f"{label}, {arch}, 2 x 8 layers: {len(data.y_train)} samples x {epochs} epochs, batch {batch}\n"
-          f"  distributed SG (2 x 1 thread) {t_sg:.1f}s, test acc {acc_sg:.4f}\n"
-          f"  backprop 1 thread {row['backprop_1t_s']:.1f}s, test acc {row['backprop_1t_test_acc']:.4f}\n"
-          f"  backprop {cores} threads {row[f'backprop_{cores}t_s']:.1f}s, test acc "
-          f"{row[f'backprop_{cores}t_test_acc']:.4f}\n"
-          f"  (a) speed-up {row['a_speedup_same_threads']:.2f}  (b) vs all cores "
-          f"{row['b_speedup_vs_all_cores']:.2f}  (c) backprop - SG = {row['c_accuracy_gap_points']:+.2f} points")
+        fit(net, data.x_train, data.y_train, epochs=epochs, lr=LR, batch_size=batch, seed=seed)
+        return time.perf_counter() - t0, evaluate(net, data.x_test, data.y_test)
+    finally:
+        torch.set_num_threads(before)
+
+
+def peer(worker, net, data, cfg):
+    return launch(worker, 2, (net, data, cfg), threads=1)["train_time_s"]
+
+
+def speed_row(data, arch, epochs, batch):
+    net = network(data.info, arch)
+    t_ours, _, bounds, busy = ours(net, data, epochs, batch)
+    row = {"arch": arch, "batch": batch, "samples": len(data.y_train), "epochs": epochs,
+           "layers_per_stage": [b - a for a, b in bounds], "busy_fraction": busy, "ours_s": t_ours}
+    row["bp_1t_s"], _ = backprop(net, data, epochs, batch, 1)
+    row["bp_all_s"], _ = backprop(net, data, epochs, batch, os.cpu_count())
+    base = PeerConfig(epochs=epochs, lr=LR, batch_size=batch, bounds=tuple(bounds))
+    row["ddp_s"] = peer(ddp_worker, net, data, base)
+    for schedule in ("gpipe", "1f1b"):
+        times = {m: peer(pipeline_worker, net, data, PeerConfig(**{**vars(base), "schedule": schedule,
+                                                                    "microbatches": m}))
+                 for m in MICROBATCHES}
+        best = min(times, key=times.get)
+        row[f"{schedule}_s"], row[f"{schedule}_microbatches"], row[f"{schedule}_all_s"] = times[best], best, times
+    row["best_peer_s"] = min(row["ddp_s"], row["gpipe_s"], row["1f1b_s"])
+    row["speedup_same_threads"] = row["bp_1t_s"] / t_ours
+    row["speedup_vs_all_cores"] = row["bp_all_s"] / t_ours
+    row["speedup_vs_best_peer"] = row["best_peer_s"] / t_ours
+    print(f"{arch}, batch {batch}: ours {t_ours:.1f}s (stages {row['layers_per_stage']} layers, busy "
+          f"{', '.join(f'{b:.0%}' for b in busy)}) | bp 1t {row['bp_1t_s']:.1f}s | bp all {row['bp_all_s']:.1f}s | "
+          f"DDP {row['ddp_s']:.1f}s | GPipe {row['gpipe_s']:.1f}s ({row['gpipe_microbatches']} mb) | "
+          f"1F1B {row['1f1b_s']:.1f}s ({row['1f1b_microbatches']} mb) -> x{row['speedup_same_threads']:.2f} "
+          f"same threads, x{row['speedup_vs_all_cores']:.2f} vs all cores, x{row['speedup_vs_best_peer']:.2f} "
+          "vs best peer", flush=True)
     return row
 
 
-def multilevel(data, epochs_c, epochs_f, max_scratch):
+def accuracy_row(data, arch, epochs, batch, seeds):
+    row = {"arch": arch, "batch": batch, "samples": len(data.y_train), "epochs": epochs, "seeds": list(seeds)}
+    for seed in seeds:
+        net = network(data.info, arch, seed=seed)
+        t_ours, acc_ours, _, _ = ours(net, data, epochs, batch, seed)
+        t_bp, acc_bp = backprop(net, data, epochs, batch, os.cpu_count(), seed)
+        row.setdefault("ours_test_acc", []).append(acc_ours)
+        row.setdefault("bp_test_acc", []).append(acc_bp)
+        row.setdefault("ours_s", []).append(t_ours)
+        row.setdefault("bp_all_s", []).append(t_bp)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    row["accuracy_gap_points"] = 100 * (mean(row["bp_test_acc"]) - mean(row["ours_test_acc"]))
+    print(f"{arch}, batch {batch}, {len(data.y_train)} images x {epochs} epochs: test acc ours "
+          f"{row['ours_test_acc']} backprop {row['bp_test_acc']} -> gap {row['accuracy_gap_points']:+.2f} points",
+          flush=True)
+    return row
+
+
+def multilevel(data, epochs_c=4, epochs_f=4, max_scratch=20):
+    """Coarse 2 x 4 layers with true gradients, prolonged to 2 x 8 with synthetic
+    gradients, against 2 x 8 from scratch until it matches (DIGITS, one thread)."""
     torch.set_num_threads(1)
-    meta = data.info
-    kw = dict(sg_lr=SG_LR, batch_size=BATCH, seed=0)
-    coarse = network(meta, 4, h=2 * STEP)
-    # training seconds of the epochs (the per-epoch test evaluation is left out on both sides)
+    kw = dict(sg_lr=SG_LR, batch_size=64, seed=0)
+    coarse = ComplexNet(network(data.info, "verlet", layers=8, h=2 * STEP), 2)
     t_ml = sum(train_serial(coarse, data, epochs=epochs_c, lr=LR, true_gradients=True, **kw)["seconds"])
-    t0 = time.perf_counter()
     fine = coarse.prolong(h=STEP)
-    t_ml += time.perf_counter() - t0
     t_ml += sum(train_serial(fine, data, epochs=epochs_f, lr=LR / 3, **kw)["seconds"])
     acc_ml = evaluate(fine, data.x_test, data.y_test)
-    scratch = network(meta, 8)
-    t_scratch, acc = float("inf"), 0.0
-    hist = train_serial(scratch, data, epochs=max_scratch, lr=LR, **kw, log=None)
-    # the first epoch at which the network from scratch matches the multilevel's accuracy
-    elapsed = 0.0
-    for sec, acc in zip(hist["seconds"], hist["test_acc"]):
+    hist = train_serial(ComplexNet(network(data.info, "verlet"), 2), data, epochs=max_scratch, lr=LR, **kw)
+    elapsed, t_scratch, needed = 0.0, float("inf"), None
+    for k, (sec, acc) in enumerate(zip(hist["seconds"], hist["test_acc"]), 1):
         elapsed += sec
         if acc >= acc_ml:
-            t_scratch = elapsed
+            t_scratch, needed = elapsed, k
             break
-    epochs_needed = hist["test_acc"].index(acc) + 1 if t_scratch < float("inf") else None
-    ratio = t_scratch / t_ml
-    print(f"(d) multilevel {t_ml:.2f}s to test acc {acc_ml:.4f} ({epochs_c} coarse + {epochs_f} fine epochs); "
-          f"fine from scratch {t_scratch:.2f}s ({epochs_needed} epochs, best {max(hist['test_acc']):.4f}); "
-          f"ratio {ratio:.2f}")
+    print(f"multilevel (DIGITS): {t_ml:.2f}s to test acc {acc_ml:.4f}; from scratch {t_scratch:.2f}s "
+          f"({needed} epochs) -> x{t_scratch / t_ml:.2f}", flush=True)
     return {"multilevel_s": t_ml, "multilevel_test_acc": acc_ml, "scratch_s_to_match": t_scratch,
-            "scratch_epochs_to_match": epochs_needed, "scratch_best_acc": max(hist["test_acc"]), "ratio": ratio}
+            "scratch_epochs_to_match": needed, "ratio": t_scratch / t_ml}
+
+
+def summary(speed, accuracy):
+    worst = {k: min(r[k] for r in speed) for k in ("speedup_same_threads", "speedup_vs_all_cores",
+                                                    "speedup_vs_best_peer")}
+    worst["accuracy_gap_points"] = max(r["accuracy_gap_points"] for r in accuracy)
+    met = {k: (v <= GOALS[k] if k == "accuracy_gap_points" else v >= GOALS[k]) for k, v in worst.items()}
+    return {**worst, "goals": GOALS, "met": met}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs-digits", type=int, default=10)
-    parser.add_argument("--epochs-fashion", type=int, default=3)
-    parser.add_argument("--fashion-samples", type=int, default=8000)
     parser.add_argument("--archs", default="verlet,resnet")
-    parser.add_argument("--fashion-batches", default="64,256")
+    parser.add_argument("--batches", default="64,256")
+    parser.add_argument("--speed-samples", type=int, default=4096, help="training images of the speed rows")
+    parser.add_argument("--speed-epochs", type=int, default=2)
+    parser.add_argument("--accuracy-epochs", type=int, default=3)
+    parser.add_argument("--accuracy-samples", type=int, default=0, help="0: the whole training set")
+    parser.add_argument("--seeds", default="0", help="seeds of the accuracy rows, e.g. 0,1")
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1] / "data"))
     args = parser.parse_args()
-    results = {"config": vars(args)}
-    digits = datasets.load("DIGITS")
-    try:
-        fashion = datasets.load("FASHION", data_root=args.data_root, download=False)
-        n = args.fashion_samples
-        fashion = datasets.Data(fashion.x_train[:n].clone(), fashion.y_train[:n].clone(), fashion.x_test,
-                                fashion.y_test, fashion.info)
-    except datasets.DatasetNotFound as exc:
-        fashion = None
-        print(f"FASHION skipped: {exc}")
-    for arch in args.archs.split(","):
-        results[f"digits_{arch}"] = compare(digits, args.epochs_digits, "DIGITS", arch)
-        for batch in map(int, args.fashion_batches.split(",")) if fashion is not None else ():
-            results[f"fashion_{arch}_b{batch}"] = compare(fashion, args.epochs_fashion, "FASHION", arch, batch)
-    results["multilevel_digits"] = multilevel(datasets.load("DIGITS"), 4, 4, 20)
-    save("sg", results)
+    archs, batch_sizes = args.archs.split(","), [int(b) for b in args.batches.split(",")]
+    full = datasets.load("FASHION", data_root=args.data_root, download=False)
+    n = samples_for(batch_sizes, MICROBATCHES, args.speed_samples)
+    subset = datasets.Data(full.x_train[:n].clone(), full.y_train[:n].clone(), full.x_test, full.y_test, full.info)
+    if args.accuracy_samples:
+        k = args.accuracy_samples
+        full = datasets.Data(full.x_train[:k].clone(), full.y_train[:k].clone(), full.x_test, full.y_test, full.info)
+    t0 = time.perf_counter()
+    speed = [speed_row(subset, arch, args.speed_epochs, b) for arch in archs for b in batch_sizes]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    accuracy = [accuracy_row(full, arch, args.accuracy_epochs, min(batch_sizes), seeds) for arch in archs]
+    extra = multilevel(datasets.load("DIGITS"))
+    result = {"config": vars(args), "summary": summary(speed, accuracy), "speed": speed, "accuracy": accuracy,
+              "multilevel_digits": extra, "bench_seconds": time.perf_counter() - t0}
+    print("\nsummary (worst case over the rows): " + ", ".join(
+        f"{k} {v:.2f} ({'met' if result['summary']['met'][k] else 'not met'}, goal {GOALS[k]})"
+        for k, v in result["summary"].items() if k in GOALS))
+    save("sg", result)
 
 
 if __name__ == "__main__":

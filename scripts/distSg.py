@@ -28,6 +28,7 @@ SG_LEARN_RATE = 1e-3  # learning rate of the modules (Adam)
 OPTIMIZER = "adam"  # optimiser of the sub-networks: adam or sgd
 BATCH_SIZE = 64  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0
+BALANCE = "cost"  # cuts: cost (stages of equal measured time per batch) or even (N layers per sub-network)
 MAX_IN_FLIGHT = 1  # batches a stage may run ahead of its true gradients
 THREADS = 0  # intra-op threads per process (0: the cores shared out)
 MAX_RESTARTS = 0  # restarts of the whole group after a failure, from the latest checkpoints (0: fail fast)

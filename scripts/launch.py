@@ -67,6 +67,11 @@ def default_threads(local_world):
     return max(1, (os.cpu_count() or 1) // max(local_world, 1))
 
 
+def pick_backend(local_world):
+    """NCCL when every process of this machine has a GPU of its own, else gloo (on the CPU)."""
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
+
+
 def _die_with_parent():
     """Linux: have the kernel send SIGTERM to this worker if its parent dies."""
     try:
@@ -81,8 +86,7 @@ def init_worker(rank, world_size, local_rank, local_world, *, threads=0, backend
 
     preload()
     torch.set_num_threads(threads or default_threads(local_world))
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
+    backend = pick_backend(local_world) if backend == "auto" else backend
     if backend == "nccl":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

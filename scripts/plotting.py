@@ -4,6 +4,7 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
@@ -193,4 +194,27 @@ def depth_figure(path, results, histories):
         ax.set_title(f"{arch}: training loss", fontsize=10)
         ax.set_xlabel("epoch")
     axes[1][0].legend(fontsize=7)
+    _save(fig, path)
+
+
+TIMELINE_COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "module": "tab:green", "step": "tab:purple",
+                    "send": "tab:grey", "wait input": "tab:red", "wait gradient": "gold"}
+
+
+def timeline_figure(path, profiles, title=""):
+    """A Gantt chart of the first batches of each stage: one row per stage, one bar per
+    piece of work (forward, backward, module, optimiser step, communication, waits)."""
+    fig, ax = plt.subplots(figsize=(11, 0.9 + 0.75 * len(profiles)))
+    end = 0.0
+    for i, p in enumerate(profiles):
+        for kind, _, t0, t1 in p["timeline"]:
+            ax.broken_barh([(1e3 * t0, 1e3 * (t1 - t0))], (i - 0.38, 0.76), color=TIMELINE_COLOURS[kind])
+            end = max(end, 1e3 * t1)
+    ax.set_yticks(range(len(profiles)), [f"stage {i}" for i in range(len(profiles))])
+    ax.invert_yaxis()
+    ax.set_xlim(0, end * 1.01 if end else 1)
+    ax.set_xlabel("ms since the stages started")
+    handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in TIMELINE_COLOURS.items()]
+    ax.legend(handles=handles, ncol=len(handles), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.set_title(title or "the first batches of each stage")
     _save(fig, path)

@@ -1,16 +1,20 @@
 """The experiments of the four synthetic-gradient scripts, shared by their constants."""
 from __future__ import annotations
 
+import copy
+import json
 import time
 
 import torch
 
-from models import PROLONG_METHODS, build_model
+from models import PROLONG_METHODS, build_model, split_layers
 from models.training import evaluate
 from scripts import common, plotting
-from scripts.launch import launch, world_size_for
+from scripts.launch import default_threads, launch, pick_backend, world_size_for
 from synthetic import SG_MODULES, ComplexNet, train_serial
+from synthetic.balance import BALANCE_MODES, choose_bounds
 from synthetic.distributed import DistSGConfig, stage_worker
+from synthetic.profile import profile_table
 
 
 def _setup(cfg, *, stages, layers="N", steps=("STEP",)):
@@ -22,6 +26,9 @@ def _setup(cfg, *, stages, layers="N", steps=("STEP",)):
     if hasattr(cfg, "PROLONG"):
         common.check(cfg.PROLONG in PROLONG_METHODS,
                      f"unknown PROLONG {cfg.PROLONG!r}; valid: {', '.join(PROLONG_METHODS)}")
+    if hasattr(cfg, "BALANCE"):
+        common.check(cfg.BALANCE in BALANCE_MODES,
+                     f"unknown BALANCE {cfg.BALANCE!r}; valid: {', '.join(BALANCE_MODES)}")
     if hasattr(cfg, "MAX_IN_FLIGHT"):
         common.check(cfg.MAX_IN_FLIGHT >= 1, f"MAX_IN_FLIGHT must be >= 1, got {cfg.MAX_IN_FLIGHT}")
         common.check(cfg.THREADS >= 0, f"THREADS must be >= 0, got {cfg.THREADS}")
@@ -32,6 +39,53 @@ def complex_net(cfg, meta, arch, stages, layers_per_stage, h):
     torch.manual_seed(cfg.SEED)
     net = build_model(arch, meta.shape, meta.classes, stages * layers_per_stage, h, **common.model_kwargs(cfg, meta))
     return ComplexNet(net, stages, sg_kind=cfg.SG_MODULE)
+
+
+def balance(cfg, cnet, data, stages, *, fine=False):
+    """``cnet`` cut as BALANCE says: ``even``, or ``cost``: the cuts that equalise the
+    stages' measured times (one batch, on the stages' device, with each stage's threads).
+    With ``fine`` the cuts balance the prolonged network (2x the layers, cuts between
+    coarse layers), and ``cnet``, the coarse network, is cut at their halves.
+    Returns (cnet, a description of the split for the log and metrics)."""
+    if cfg.BALANCE == "even":
+        bounds = [(2 * a, 2 * b) for a, b in cnet.bounds] if fine else cnet.bounds
+        return cnet, {"balance": "even", "bounds": bounds, "layers_per_stage": [b - a for a, b in bounds]}
+    probe = cnet.net.prolong() if fine else cnet.net
+    device = torch.device("cuda") if pick_backend(stages) == "nccl" else torch.device("cpu")
+    xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
+    bounds, costs = choose_bounds(copy.deepcopy(probe).to(device), xb, yb, stages, mode=cfg.BALANCE,
+                                  sg_kind=cfg.SG_MODULE, threads=cfg.THREADS or default_threads(stages),
+                                  multiple=2 if fine else 1)
+    split = {"balance": cfg.BALANCE, "bounds": bounds, "layers_per_stage": [b - a for a, b in bounds],
+             "stage_ms": [1e3 * c for c in costs.stages(bounds)],
+             "even_stage_ms": [1e3 * c for c in costs.stages(split_layers(probe.n_layers, stages))]}
+    if fine:
+        bounds = [(a // 2, b // 2) for a, b in bounds]
+    return cnet.with_bounds(bounds), split
+
+
+def _split(cfg, cnet, data, stages, run, fine=False):
+    """``balance``, or the split a resumed run chose (its split.json), saved and printed."""
+    saved = run.file("split.json") if run is not None else None
+    if saved is not None and saved.is_file():
+        split = json.loads(saved.read_text())
+        bounds = [(a // 2, b // 2) if fine else (a, b) for a, b in split["bounds"]]
+        cnet = cnet.with_bounds(bounds)
+    else:
+        cnet, split = balance(cfg, cnet, data, stages, fine=fine)
+        if run is not None:
+            run.save_json("split.json", split)
+    if run is not None:
+        _print_split(split)
+    return cnet, split
+
+
+def _print_split(split):
+    line = f"split ({split['balance']}): layers per stage {split['layers_per_stage']}"
+    if "stage_ms" in split:
+        line += (" ; measured ms per batch " + ", ".join(f"{c:.1f}" for c in split["stage_ms"])
+                 + " (even split: " + ", ".join(f"{c:.1f}" for c in split["even_stage_ms"]) + ")")
+    print(line, flush=True)
 
 
 def _serial(cnet, data, cfg, *, epochs, lr, true_gradients=False, tag="", resume=None, on_epoch_end=None):
@@ -57,17 +111,31 @@ def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
     wall = time.perf_counter() - t0
     if out is None:  # a non-zero rank under torchrun
         return None, None
+    if [tuple(b) for b in out["bounds"]] != cnet.bounds:
+        cnet = cnet.with_bounds(out["bounds"])
     cnet.load_state_dict(out["state_dict"])
     hist = {"epoch": out["histories"][-1]["epoch"], "loss": out["histories"][-1]["loss"],
             "sg_mse": [list(v) for v in zip(*(h["sg_mse"] for h in out["histories"][:-1]))],
             "sg_cos": [list(v) for v in zip(*(h["sg_cos"] for h in out["histories"][:-1]))]}
     return hist, {"train_time_s": out["train_time_s"], "wall_time_s": wall,
                   "train_acc": evaluate(cnet, data.x_train, data.y_train),
-                  "test_acc": evaluate(cnet, data.x_test, data.y_test)}
+                  "test_acc": evaluate(cnet, data.x_test, data.y_test), "profile": out["profiles"]}
+
+
+def _report_profile(run, result, label):
+    """The per-stage table on the terminal, the timeline in the run directory; the
+    RESULT line keeps the busy fractions (metrics.json keeps everything)."""
+    print(f"\nper-stage profile ({label}; busy: forward, backward, module, optimiser step)\n"
+          + profile_table(result["profile"]), flush=True)
+    plotting.timeline_figure(run.file("timeline.png"), result["profile"],
+                             title=f"{label}: the first batches of each stage")
 
 
 def _finish(run, name, series, result):
     run.save_json("metrics.json", {"history": series, **result})
+    result = {k: v for k, v in result.items() if k != "profile"}  # the RESULT line: no timelines
+    if isinstance(result.get("fine"), dict):
+        result["fine"] = {k: v for k, v in result["fine"].items() if k != "profile"}
     plotting.curves(run.file(f"{name}.png"),
                     {label: {"epoch": h["epoch"], "loss": h["loss"],
                              "module cosine": [sum(c) / len(c) for c in h["sg_cos"]]} for label, h in series.items()})
@@ -90,8 +158,11 @@ def _open(script, cfg, stages_of, steps=("STEP",), serial=True):
     return cfg, stages, meta, arch, device, data, run, state
 
 
-def _coarse(cfg, meta, arch, data, stages, run, phases):
+def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
+    """The coarse phase of the multilevel scripts; ``split(cnet)`` places its cuts."""
     cnet = complex_net(cfg, meta, arch, stages, cfg.N, cfg.STEP_C).to(data.x_train.device)
+    if split is not None:
+        cnet = split(cnet)
     saver = common.Checkpointer(run and run.path, cfg, cfg.EPOCHS_C, wrap=phases.wrap("coarse"))
     hist, res = _serial(cnet, data, cfg, epochs=cfg.EPOCHS_C, lr=cfg.LEARN_RATE_C, true_gradients=True,
                         tag="coarse ", resume=phases.get("coarse"), on_epoch_end=saver)
@@ -146,10 +217,14 @@ def distributed(script, cfg):
         print(f"synthetic gradients, {stages} processes: {stages} x {cfg.N} layers of {arch} on {meta.name}; "
               f"results in {run.path}", flush=True)
         common.describe(cnet.net)
+    cnet, split = _split(cfg, cnet, data, stages, run)
     hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run)
     if main_rank:
         print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
               f"(this launch {result['wall_time_s']:.1f}s, process start-up included)")
+        _report_profile(run, result, "distributed synthetic gradients")
+        result.update(layers_per_stage=split["layers_per_stage"], split=split,
+                      busy_fraction=[p["busy_fraction"] for p in result["profile"]])
         _finish(run, "dist_sg", {"distributed": hist}, result)
 
 
@@ -161,14 +236,22 @@ def distributed_multilevel(script, cfg):
     if main_rank:
         print(f"multilevel, fine stage on {stages} processes: {stages} x {cfg.N} -> {stages} x {2 * cfg.N} "
               f"layers of {arch} on {meta.name}; results in {run.path}", flush=True)
-    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, stages, run, common.PhaseStates(state))
+    chosen = {}
+
+    def split(cnet):
+        cnet, chosen["split"] = _split(cfg, cnet, data, stages, run, fine=True)
+        return cnet
+
+    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, stages, run, common.PhaseStates(state), split)
     fine_net = cnet.prolong(cfg.PROLONG, h=cfg.STEP_F)
     fine_hist, fine = _distributed(fine_net, data, cfg, stages, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, run=run)
     if not main_rank:
         return
+    _report_profile(run, fine, "fine network, distributed synthetic gradients")
     total = coarse["train_time_s"] + fine["train_time_s"]
     print(f"coarse test acc {coarse['test_acc']:.4f} in {coarse['train_time_s']:.1f}s; fine test acc "
           f"{fine['test_acc']:.4f} in {fine['train_time_s']:.1f}s; total {total:.1f}s")
     result = {"train_acc": fine["train_acc"], "test_acc": fine["test_acc"], "train_time_s": total,
-              "coarse": coarse, "fine": fine}
+              "coarse": coarse, "fine": fine, "layers_per_stage": chosen["split"]["layers_per_stage"],
+              "split": chosen["split"], "busy_fraction": [p["busy_fraction"] for p in fine["profile"]]}
     _finish(run, "dist_multilevel", {"coarse": coarse_hist, "fine": fine_hist}, result)

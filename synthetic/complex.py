@@ -22,13 +22,19 @@ class ComplexNet(nn.Module):
     is ``net`` itself: forward(x) = net(x).
     """
 
-    def __init__(self, net, num_stages, *, sg_kind="linear", modules=None):
+    def __init__(self, net, num_stages, *, sg_kind="linear", modules=None, bounds=None):
         super().__init__()
         if num_stages < 2:
             raise ValueError(f"a complex network needs M >= 2 sub-networks, got {num_stages}")
         self.net = net
         self.num_stages = num_stages
-        self.bounds = split_layers(net.n_layers, num_stages)
+        self.sg_kind = sg_kind if modules is None else getattr(modules[0], "kind", sg_kind)
+        self.bounds = split_layers(net.n_layers, num_stages) if bounds is None else [tuple(b) for b in bounds]
+        edges = [a for a, _ in self.bounds] + [self.bounds[-1][1]]
+        ok = len(self.bounds) == num_stages and edges[0] == 0 and edges[-1] == net.n_layers and all(
+            a < b for a, b in zip(edges, edges[1:])) and all(p[1] == q[0] for p, q in zip(self.bounds, self.bounds[1:]))
+        if not ok:
+            raise ValueError(f"bounds {bounds}: not {num_stages} consecutive ranges covering {net.n_layers} layers")
         n_state = len(net.init_state(net.lift_input(_probe(net))))
         self.sg = modules if modules is not None else nn.ModuleList(
             SyntheticGradient(self.cut_shape(i), n_state, net.num_classes, conv=net.conv, kind=sg_kind)
@@ -62,9 +68,24 @@ class ComplexNet(nn.Module):
         return self.net(x)
 
     def prolong(self, method="interpolate", h=None):
-        """Prolong every sub-network (2N layers each, step h/2); the modules carry over."""
+        """Prolong every sub-network (twice its layers, step h/2); the modules carry over."""
         fine = self.net.prolong(method, h=h, breaks=[b for _, b in self.bounds[:-1]])
-        return ComplexNet(fine, self.num_stages, modules=copy.deepcopy(self.sg))
+        return ComplexNet(fine, self.num_stages, modules=copy.deepcopy(self.sg),
+                          bounds=[(2 * a, 2 * b) for a, b in self.bounds])
+
+    def with_bounds(self, bounds):
+        """The same network cut at other places, with fresh modules (where a cut stays, the
+        module stays)."""
+        bounds = [tuple(b) for b in bounds]
+        other = ComplexNet(self.net, self.num_stages, sg_kind=self.sg_kind, bounds=bounds)
+        other.sg.to(next(self.net.parameters()).device)
+        for k, (_, b) in enumerate(bounds[:-1]):
+            if b == self.bounds[k][1]:
+                other.sg[k] = self.sg[k]
+        return other
+
+    def layers_per_stage(self):
+        return [b - a for a, b in self.bounds]
 
 
 def input_grads(inputs):

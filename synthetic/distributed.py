@@ -6,6 +6,11 @@ waiting, and posts a receive for the true gradient of batch b.  When that gradie
 comes back from stage i+1 (at most ``max_in_flight`` batches later) the module
 regresses on it.  The last stage computes the loss and sends the gradient at its input
 back.  Point-to-point messages (isend/irecv) of torch.distributed; gloo or NCCL.
+
+The module runs once per batch: its prediction gives the synthetic gradient at once and
+is kept, with its graph, for the regression (``SyntheticGradient.start``).  Every piece
+of a stage's work is timed (``StageProfile``): compute, waiting for the input, waiting
+for a true gradient, communication, and a timeline of the first batches.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from models.checkpoint import fail_once
 from models.training import check_finite, make_optimizer
 
 from .complex import input_grads
+from .profile import StageProfile
 
 TAG_STATE, TAG_GRAD = 0, 1
 
@@ -46,6 +52,7 @@ class DistSGConfig:
     verbose: bool = True
     run_dir: str | None = None  # checkpoints go here (rank 0's value counts); None: none
     checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
+    timeline_batches: int = 8  # batches of the profile's timeline (the first ones)
     augment: bool = False  # stage 0 crops and flips its batches at random (datasets.augment)
 
 
@@ -96,14 +103,15 @@ def unpack(msg, n_state, state_shape, with_labels=False):
 
 
 class _Pending:
-    """A batch whose true gradient is on its way back: the receive and what the module needs."""
+    """A batch whose true gradient is on its way back: the receive, and the module's
+    prediction (with its graph) that the true gradient will correct."""
 
-    def __init__(self, state, labels, buf, work):
-        self.state, self.labels, self.buf, self.work = state, labels, buf, work
+    def __init__(self, pred, labels, buf, work):
+        self.pred, self.labels, self.buf, self.work = pred, labels, buf, work
 
-    def wait(self):
-        self.work.wait()
-        return unpack(self.buf, len(self.state), self.state[0].shape[1:])
+    def grads(self):
+        """The true gradient, once ``work`` is complete."""
+        return unpack(self.buf, len(self.pred), self.pred[0].shape[1:])
 
     def done(self):
         return self.work.is_completed()
@@ -117,6 +125,12 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
         raise ValueError(f"one process per sub-network: world size {M}, M {cnet.num_stages}")
     dev = ctx.device
     cnet = copy.deepcopy(cnet).to(dev)  # private copy: spawn shares the parent's tensors
+    everyone = [None] * M
+    dist.all_gather_object(everyone, cnet.bounds)
+    if everyone[i] != everyone[0]:  # torchrun: each rank chose its cuts; rank 0's count
+        print(f"stage {i}: cuts {everyone[i]} differ from rank 0's {everyone[0]}; using rank 0's (the modules at "
+              "moved cuts start afresh)", flush=True)
+        cnet = cnet.with_bounds(everyone[0]).to(dev)
     x, y = data.x_train.to(dev), data.y_train.to(dev)
     opt = make_optimizer(cfg.optimizer, cnet.stage_parameters(i), cfg.lr)
     module = cnet.sg[i] if i < M - 1 else None
@@ -156,19 +170,23 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
                                   "history": hist}, f"stage{i}")
 
     def train_module(p):
-        true = p.wait()
-        sg_loss, mse, cos = module.regress(p.state, p.labels, true)
-        sg_opt.zero_grad(set_to_none=True)
-        sg_loss.backward()
-        sg_opt.step()
-        stat["mse"] += mse
-        stat["cos"] += cos
-        stat["n"] += 1
+        with prof("wait gradient"):
+            p.work.wait()
+        with prof("module"):
+            sg_loss, mse, cos = module.loss(p.pred, p.labels, p.grads())
+            sg_opt.zero_grad(set_to_none=True)
+            sg_loss.backward()
+            sg_opt.step()
+            stat["mse"] += mse
+            stat["cos"] += cos
+            stat["n"] += 1
 
     def isend(t, dst, tag):
         sends.append((t, dist.isend(t, dst, tag=tag)))
 
+    prof = StageProfile(dev, cfg.timeline_batches)
     dist.barrier()
+    prof.start()
     t_start = time.perf_counter()
     for epoch in range(start + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
@@ -180,31 +198,46 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
                 fail_once(f"stage {i} made to fail in epoch {epoch} (FAIL_STAGE={cfg.fail_stage})", cfg.fail_mode)
             nb = hi - lo
             if i == 0:
-                idx = perm[lo:hi]
-                inp, labels = (crop_flip(x[idx], gen) if cfg.augment else x[idx]), y[idx]
+                with prof("forward"):
+                    idx = perm[lo:hi]
+                    inp, labels = (crop_flip(x[idx], gen) if cfg.augment else x[idx]), y[idx]
             else:
                 msg = torch.empty(nb, n_state * in_width + 1, device=dev)
-                dist.irecv(msg, i - 1, tag=TAG_STATE).wait()
-                inp, labels = unpack(msg, n_state, in_shape, with_labels=True)
-                inp = tuple(t.requires_grad_() for t in inp)
-            out = cnet.stage_forward(i, inp)
+                with prof("wait input"):
+                    dist.irecv(msg, i - 1, tag=TAG_STATE).wait()
+                with prof("send"):
+                    inp, labels = unpack(msg, n_state, in_shape, with_labels=True)
+                    inp = tuple(t.requires_grad_() for t in inp)
+            with prof("forward"):
+                out = cnet.stage_forward(i, inp)
             if last:
-                loss = F.cross_entropy(out, labels)
-                loss.backward()
+                with prof("forward"):
+                    loss = F.cross_entropy(out, labels)
+                with prof("backward"):
+                    loss.backward()
                 loss_sum += loss.detach() * nb
             else:
                 state = tuple(t.detach() for t in out)
-                isend(pack(state, labels), i + 1, TAG_STATE)
-                torch.autograd.backward(out, module.predict(state, labels))
-                buf = torch.empty(nb, n_state * out_width, device=dev)
-                pending.append(_Pending(state, labels, buf, dist.irecv(buf, i + 1, tag=TAG_GRAD)))
+                with prof("send"):
+                    isend(pack(state, labels), i + 1, TAG_STATE)
+                with prof("module"):
+                    pred = module.start(state, labels)  # one module pass: synthetic gradient now, regression later
+                with prof("backward"):
+                    torch.autograd.backward(out, module.synthetic(pred, labels))
+                with prof("send"):
+                    buf = torch.empty(nb, n_state * out_width, device=dev)
+                    pending.append(_Pending(pred, labels, buf, dist.irecv(buf, i + 1, tag=TAG_GRAD)))
             if i > 0:
-                isend(pack(input_grads(inp)), i - 1, TAG_GRAD)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+                with prof("send"):
+                    isend(pack(input_grads(inp)), i - 1, TAG_GRAD)
+            with prof("step"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             while pending and (len(pending) > cfg.max_in_flight or pending[0].done()):
                 train_module(pending.popleft())
-            sends = [(t, w) for t, w in sends if not w.is_completed()]
+            with prof("send"):
+                sends = [(t, w) for t, w in sends if not w.is_completed()]
+            prof.batch += 1
         checkpointing = run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs)
         if checkpointing:  # a checkpoint holds no batch in flight: take the true gradients owed
             while pending:
@@ -229,8 +262,10 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
             save(epoch)
     while pending:
         train_module(pending.popleft())
-    for _, w in sends:
-        w.wait()
+    with prof("send"):
+        for _, w in sends:
+            w.wait()
+    prof.stop()  # before the barrier: a stage's wall time ends with its own last piece of work
     dist.barrier()
     train_time = prior_seconds + time.perf_counter() - t_start
 
@@ -239,10 +274,11 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     params = list(cnet.parameters())
     flat = torch.cat([(p.detach() if id(p) in owned else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat)
-    histories = [None] * M
+    histories, profiles = [None] * M, [None] * M
     dist.all_gather_object(histories, hist)
+    dist.all_gather_object(profiles, prof.summary())
     if not ctx.is_main:
         return None
     torch.nn.utils.vector_to_parameters(flat, params)
     return {"state_dict": {k: v.detach().cpu() for k, v in cnet.state_dict().items()},
-            "histories": histories, "train_time_s": train_time}
+            "histories": histories, "profiles": profiles, "bounds": cnet.bounds, "train_time_s": train_time}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 # module type -> number of hidden layers
 SG_MODULES = {"linear": 0, "mlp1": 1, "mlp2": 2}
@@ -27,6 +28,7 @@ class SyntheticGradient(nn.Module):
         if kind not in SG_MODULES:
             raise ValueError(f"unknown synthetic-gradient module {kind!r}; valid: {', '.join(SG_MODULES)}")
         self.state_shape, self.n_state, self.num_classes, self.conv = tuple(state_shape), n_state, num_classes, conv
+        self.kind = kind
         hidden = SG_MODULES[kind]
         width = n_state * state_shape[0]
         c_in = width + num_classes
@@ -52,9 +54,28 @@ class SyntheticGradient(nn.Module):
         with torch.no_grad():
             return tuple(g / len(y) for g in self(state, y))
 
+    @staticmethod
+    def synthetic(pred, y):
+        """The synthetic dL/dh for the batch-mean loss, read off a kept prediction."""
+        return tuple(g.detach() / len(y) for g in pred)
+
+    def start(self, state, y):
+        """The module's one forward pass for a batch whose true gradient comes later:
+        returns the prediction with its graph, for ``synthetic`` now and ``loss`` when
+        the true gradient arrives.  The graph is built on copies of the parameters, so
+        that the optimiser's steps in between leave it valid; the regression's gradient
+        is then the one at the parameters of this forward pass (a delay of at most the
+        batches in flight)."""
+        return functional_call(self, {n: p.clone() for n, p in self.named_parameters()}, (state, y))
+
     def regress(self, state, y, true_grads):
         """MSE between the prediction and B * the true gradient; returns (loss, mse, cos)."""
-        pred = torch.cat([p.flatten(1) for p in self(state, y)], 1)
+        return self.loss(self(state, y), y, true_grads)
+
+    @staticmethod
+    def loss(pred, y, true_grads):
+        """``regress`` on a kept prediction (a tuple shaped like the state)."""
+        pred = torch.cat([p.flatten(1) for p in pred], 1)
         target = torch.cat([g.flatten(1) for g in true_grads], 1) * len(y)
         loss = F.mse_loss(pred, target)
         cos = F.cosine_similarity(pred.detach().flatten(), target.flatten(), dim=0, eps=1e-12)

@@ -63,9 +63,10 @@ class SGTrainer:
             t0 = time.perf_counter()
             true = input_grads(inputs[i + 1])
             state = tuple(t.detach() for t in outputs[i])
-            grad = true if self.true_gradients else cnet.sg[i].predict(state, yb)
+            pred = cnet.sg[i](state, yb)  # one module pass: the synthetic gradient and the regression
+            grad = true if self.true_gradients else cnet.sg[i].synthetic(pred, yb)
             torch.autograd.backward(outputs[i], grad)
-            sg_loss, mse, cos = cnet.sg[i].regress(state, yb, true)
+            sg_loss, mse, cos = cnet.sg[i].loss(pred, yb, true)
             self.sg_opts[i].zero_grad(set_to_none=True)
             sg_loss.backward()
             self.sg_opts[i].step()

@@ -28,6 +28,26 @@ def run_script(name, *args, timeout=300, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env, cwd=ROOT)
 
 
+def refused(name, *args):
+    """Run scripts/<name>.py's main in this process on arguments it must refuse (bad
+    input stops it before any work, so no interpreter start is needed); returns its exit
+    status and what it printed on stderr."""
+    import contextlib
+    import importlib
+    import io
+
+    from scripts import common
+
+    module = importlib.import_module(f"scripts.{name}")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            common.run(module.main, [str(a) for a in args])
+        except SystemExit as exc:
+            return exc.code, err.getvalue()
+    return 0, err.getvalue()
+
+
 def result_of(proc):
     """The JSON object of a script's RESULT line (its last line)."""
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.helpers import result_of, run_script
+from tests.helpers import refused, result_of, run_script
 from tests.test_data import write_mnist
 
 
@@ -54,16 +54,17 @@ def test_architecture_scripts_read_mnist_idx_files(tmp_path, script, choice):
     (["--dataset", "MNIST", "--data-root", "EMPTY", "--epochs", 1], "put the four idx files"),
     (["--conv", "maybe"], "expected 0/1/true/false"),
 ])
-def test_bad_values_exit_2_with_one_line(tmp_path, args, message):
+def test_bad_values_exit_2_with_one_line(tmp_path, monkeypatch, args, message):
     (tmp_path / "FILE").write_text("x")
     (tmp_path / "EMPTY").mkdir()
     args = [str(tmp_path / a) if a in ("FILE", "EMPTY") else a for a in args]
-    env = {"no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
-    proc = run_script("verletTest", *args, "--results-dir", tmp_path / "res", env=env)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    for name, value in {"no_proxy": "*", "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(name, value)
+    code, err = refused("verletTest", *args, "--results-dir", tmp_path / "res")
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "res").exists()
 
 

@@ -1,5 +1,7 @@
 """Synthetic gradients: the modules, the complex network, serial and distributed training."""
 import copy
+import itertools
+import json
 
 import pytest
 import torch
@@ -10,8 +12,10 @@ from models import build_model
 from models.training import evaluate, make_optimizer
 from scripts.launch import launch
 from synthetic import ComplexNet, SGTrainer, SyntheticGradient
+from synthetic.balance import Costs, balanced_bounds, choose_bounds, measure_costs
 from synthetic.distributed import DistSGConfig, stage_worker
-from tests.helpers import result_of, run_failing, run_script
+from synthetic.peers import PeerConfig, ddp_worker, epoch_batches, pipeline_worker
+from tests.helpers import refused, result_of, run_failing, run_script
 
 torch.set_num_threads(1)
 
@@ -105,14 +109,98 @@ def test_prolonging_the_sub_networks_keeps_the_output_close(conv):
 
 
 @pytest.mark.slow
-def test_two_process_distributed_run_reaches_090_on_digits():
+def test_a_balanced_two_process_run_reaches_090_on_digits_and_accounts_its_time():
     data = datasets.load("DIGITS")
     cnet = digits_net(layers=8)
+    bounds, costs = choose_bounds(cnet.net, data.x_train[:64], data.y_train[:64], 2, threads=1)
+    cnet = cnet.with_bounds(bounds)
     out = launch(stage_worker, 2, (cnet, data, DistSGConfig(epochs=8, verbose=False)), threads=1)
+    assert [tuple(b) for b in out["bounds"]] == bounds
     cnet.load_state_dict(out["state_dict"])
     assert evaluate(cnet, data.x_test, data.y_test) >= 0.9
     assert len(out["histories"][0]["sg_cos"]) == 8 and len(out["histories"][1]["loss"]) == 8
     assert out["histories"][1]["loss"][-1] < out["histories"][1]["loss"][0]
+    for p in out["profiles"]:  # compute, waits and communication account for the stage's wall time
+        accounted = p["busy_s"] + p["idle_s"] + p["communication_s"]
+        assert 0.95 * p["wall_s"] <= accounted <= p["wall_s"] * 1.0001
+        assert p["timeline"] and {k for k, *_ in p["timeline"]} >= {"forward", "backward", "step"}
+    assert out["profiles"][0]["kinds_s"]["module"] > 0 and out["profiles"][1]["kinds_s"]["wait input"] > 0
+
+
+def _brute_force(costs, parts, multiple=1):
+    n = len(costs.layers)
+    cuts = [b for b in range(1, n) if b % multiple == 0]
+    best = None
+    for chosen in itertools.combinations(cuts, parts - 1):
+        edges = [0, *chosen, n]
+        worst = max(costs.stages(list(zip(edges, edges[1:]))))
+        best = worst if best is None else min(best, worst)
+    return best
+
+
+@pytest.mark.parametrize("parts,multiple", [(2, 1), (3, 1), (2, 2), (3, 2)])
+def test_the_cost_balanced_split_minimises_the_slowest_stage(parts, multiple):
+    gen = torch.Generator().manual_seed(parts + 10 * multiple)
+    for _ in range(20):
+        n = 12
+        costs = Costs([float(c) for c in torch.rand(n, generator=gen) + 0.5], first=0.3, last=0.8,
+                      cuts={b: 1.5 + 0.1 * b for b in range(1, n)})
+        bounds = balanced_bounds(costs, parts, multiple)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and all(b % multiple == 0 for _, b in bounds[:-1])
+        assert max(costs.stages(bounds)) == pytest.approx(_brute_force(costs, parts, multiple))
+
+
+def test_the_module_on_stage_0_moves_the_cut_towards_it():
+    costs = Costs([1.0] * 8, cuts={b: 2.0 for b in range(1, 8)})  # stage 0 also runs its module: 2 layers' worth
+    assert balanced_bounds(costs, 2) == [(0, 3), (3, 8)] and costs.stages([(0, 3), (3, 8)]) == [5.0, 5.0]
+    three = Costs([1.0] * 10, cuts={b: 2.0 for b in range(1, 10)})  # M = 3: the modules on stages 0 and 1
+    assert balanced_bounds(three, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert three.stages([(0, 3), (3, 6), (6, 10)]) == [5.0, 5.0, 4.0]
+    assert three.stages([(0, 4), (4, 7), (7, 10)]) == [6.0, 5.0, 3.0]  # the even split
+    assert balanced_bounds(Costs([1.0] * 8), 2) == [(0, 4), (4, 8)]  # equal pieces: the even split
+
+
+def test_a_cost_balanced_complex_network_with_true_gradients_equals_backprop():
+    data = datasets.load("DIGITS")
+    torch.manual_seed(0)
+    net = build_model("verlet", (1, 8, 8), 10, 6, 0.5, conv=True, units=(2, 3))
+    costs = measure_costs(net, data.x_train[:32], data.y_train[:32], repeats=2)
+    assert len(costs.layers) == 6 and min(costs.layers) > 0 and set(costs.cuts) == set(range(1, 6))
+    cnet = ComplexNet(net, 3).with_bounds([(0, 1), (1, 2), (2, 6)])  # uneven, one cut at the connective
+    assert [m.state_shape for m in cnet.sg] == [(2, 8, 8), (2, 8, 8)]
+    whole = copy.deepcopy(net)
+    trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
+    opt = make_optimizer("adam", whole.parameters(), 1e-2)
+    for lo in (0, 64):
+        xb, yb = data.x_train[lo:lo + 64], data.y_train[lo:lo + 64]
+        trainer.train_batch(xb, yb)
+        opt.zero_grad()
+        F.cross_entropy(whole(xb), yb).backward()
+        opt.step()
+    for (name, a), b in zip(cnet.net.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp1"])
+def test_one_module_pass_serves_the_synthetic_gradient_and_the_regression(kind):
+    torch.manual_seed(0)
+    module = SyntheticGradient((3, 4, 4), 2, 5, conv=True, kind=kind)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state = (torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
+    y, true = torch.randint(0, 5, (6,)), (torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
+    pred = module.start(state, y)
+    for s, p in zip(module.synthetic(pred, y), module.predict(state, y)):
+        torch.testing.assert_close(s, p)
+    module.regress(state, y, true)[0].backward()
+    expected = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    opt = torch.optim.Adam(module.parameters(), 1e-2)
+    opt.step()  # a step in between (a later batch's) leaves the kept graph valid
+    module.loss(pred, y, true)[0].backward()
+    for g, e in zip((p.grad for p in module.parameters()), expected):
+        torch.testing.assert_close(g, e)
 
 
 @pytest.mark.slow
@@ -138,6 +226,14 @@ def test_sg_scripts_run_end_to_end(tmp_path, script, args):
         assert 0 < res["theoretical_time_s"]
     (run_dir,) = (tmp_path / script).iterdir()
     assert (run_dir / "metrics.json").is_file() and any(run_dir.glob("*.png"))
+    if script.startswith("dist"):  # the split, the per-stage profile and its timeline
+        layers = 6 if script == "distSg" else 8
+        assert sum(res["layers_per_stage"]) == layers and len(res["busy_fraction"]) == int(args[args.index("--m") + 1]
+                                                                                         if "--m" in args else 2)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        profile = metrics["profile"] if script == "distSg" else metrics["fine"]["profile"]
+        assert all(p["busy_s"] > 0 and p["idle_s"] >= 0 for p in profile)
+        assert (run_dir / "timeline.png").stat().st_size > 5000 and (run_dir / "split.json").is_file()
 
 
 @pytest.mark.parametrize("script", ["run_standard_sg", "distSg"])
@@ -147,5 +243,34 @@ def test_sg_scripts_run_end_to_end(tmp_path, script, args):
     (["--sg-module", "mlp7"], "unknown SG_MODULE 'mlp7'; valid: linear, mlp1, mlp2"),
 ])
 def test_sg_bad_values_exit_2(tmp_path, script, args, message):
-    proc = run_script(script, *args, "--results-dir", tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    code, err = refused(script, *args, "--results-dir", tmp_path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script", ["distSg", "distMulti"])
+def test_an_unknown_balance_exits_2_with_one_line(tmp_path, script):
+    code, err = refused(script, "--balance", "nope", "--results-dir", tmp_path)
+    assert code == 2 and err.strip() == "error: unknown BALANCE 'nope'; valid: cost, even"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "gpipe", "1f1b"])
+def test_the_torch_peers_train_the_same_network_as_backprop(engine):
+    data = datasets.load("DIGITS")
+    data = datasets.Data(data.x_train[:256], data.y_train[:256], data.x_test, data.y_test, data.info)
+    torch.manual_seed(0)
+    net = build_model("verlet", (1, 8, 8), 10, 6, 0.5)
+    cfg = PeerConfig(epochs=1, lr=1e-2, batch_size=64, schedule=engine, microbatches=4, bounds=((0, 2), (2, 6)))
+    out = launch(ddp_worker if engine == "ddp" else pipeline_worker, 2, (net, data, cfg), threads=1)
+    whole = copy.deepcopy(net)
+    opt = make_optimizer("adam", whole.parameters(), 1e-2)
+    for xb, yb in epoch_batches(data, cfg, 1):
+        opt.zero_grad()
+        F.cross_entropy(whole(xb), yb).backward()
+        opt.step()
+    trained = copy.deepcopy(net)
+    trained.load_state_dict(out["state_dict"])
+    assert out["train_time_s"] > 0
+    for (name, a), b in zip(trained.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(trained.K[0], net.K[0])

@@ -12,7 +12,7 @@ from models.stability import perturbation_growth
 from models.training import make_optimizer
 from pvd import PVD, PVDConfig
 from synthetic import ComplexNet, SGTrainer
-from tests.helpers import run_script
+from tests.helpers import refused
 
 torch.set_num_threads(1)
 ARCHS = list(MODELS)
@@ -166,12 +166,12 @@ def test_crops_and_flips_are_windows_of_the_padded_images():
     ("2,3,4,5,6,7,8,9", "UNITS has 8 units but the network has 6 layers"),
 ])
 def test_bad_units_exit_2_with_one_line(tmp_path, units, message):
-    proc = run_script("resTest", "--dataset", "DIGITS", "--conv", 1, "--n", 6, "--units", units,
-                      "--results-dir", tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, err = refused("resTest", "--dataset", "DIGITS", "--conv", 1, "--n", 6, "--units", units,
+                        "--results-dir", tmp_path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
 
 
 def test_augment_on_plain_features_exits_2(tmp_path):
-    proc = run_script("PVD", "--dataset", "ELLIPSE", "--augment", 1, "--results-dir", tmp_path)
-    assert proc.returncode == 2 and "AUGMENT crops and flips images; ELLIPSE has none" in proc.stderr
+    code, err = refused("PVD", "--dataset", "ELLIPSE", "--augment", 1, "--results-dir", tmp_path)
+    assert code == 2 and err.strip() == "error: AUGMENT crops and flips images; ELLIPSE has none"

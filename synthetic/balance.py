@@ -1,0 +1,163 @@
+"""Cost-balanced pipeline stages: where to cut a network so that every stage takes as long.
+
+A pipeline runs at the pace of its slowest stage.  Stage i's work per batch is its
+layers' forward and backward passes, plus the opening layer on stage 0, the classifier
+and the loss on the last stage, and, on every stage but the last, its synthetic-gradient
+module (one forward and one backward), each piece with its optimiser step.
+``measure_costs`` times these pieces on the device, ``balanced_bounds`` places the cuts.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models.base import split_layers
+from models.training import make_optimizer
+
+from .modules import SyntheticGradient
+
+BALANCE_MODES = ("cost", "even")
+
+
+@dataclass
+class Costs:
+    """Seconds per batch of each piece of a network (see the module doc)."""
+
+    layers: list  # layer j's forward + backward
+    first: float = 0.0  # the opening layer (lift) on stage 0
+    last: float = 0.0  # classifier and loss on the last stage
+    cuts: dict = field(default_factory=dict)  # cut position b -> the module's work at a cut after layer b - 1
+
+    def stage(self, i, a, b, parts):
+        """Stage i of ``parts`` running layers [a, b)."""
+        cost = sum(self.layers[a:b])
+        if i == 0:
+            cost += self.first
+        if i == parts - 1:
+            cost += self.last
+        else:
+            cost += self.cuts.get(b, 0.0)
+        return cost
+
+    def stages(self, bounds):
+        return [self.stage(i, a, b, len(bounds)) for i, (a, b) in enumerate(bounds)]
+
+
+def balanced_bounds(costs: Costs, parts, multiple=1):
+    """``parts`` consecutive layer ranges minimising the largest stage cost (dynamic
+    programming over the cut positions, exact).  Every cut is a multiple of ``multiple``
+    (2: the cuts of a prolonged network that fall between coarse layers).  Among equally
+    good splits, the one with the most even numbers of layers is taken."""
+    n = len(costs.layers)
+    cuts = [b for b in range(1, n) if b % multiple == 0]
+    if not 1 <= parts <= len(cuts) + 1:
+        raise ValueError(f"cannot cut {n} layers into {parts} stages at multiples of {multiple}")
+    ends = [*cuts, n]
+    # best[(k, b)]: (largest cost, sum of squared layer counts, bounds) of k stages covering [0, b)
+    best = {(1, b): (costs.stage(0, 0, b, parts), b * b, [(0, b)]) for b in ends}
+    for k in range(2, parts + 1):
+        for b in ends:
+            options = []
+            for a in cuts:
+                if a < b and (k - 1, a) in best:
+                    worst, squares, bounds = best[(k - 1, a)]
+                    options.append((max(worst, costs.stage(k - 1, a, b, parts)), squares + (b - a) ** 2,
+                                    bounds + [(a, b)]))
+            if options:
+                best[(k, b)] = min(options, key=lambda o: (round(o[0], 12), o[1]))
+    return best[(parts, n)][2]
+
+
+def _timed(fn, repeats, device):
+    """Median seconds of fn() over ``repeats`` calls after two unmeasured ones."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
+    """Time every piece of ``net`` on one batch (x, y) where it lies (its device, this
+    process's threads), each with its optimiser step (Adam): each layer's forward and
+    backward pass, the opening layer, the classifier and loss, and a fresh module of
+    ``sg_kind`` at each cut position in ``cuts`` (default all; modules of one state shape
+    are timed once).  A copy of ``net`` is timed; ``net`` is left as it was."""
+    net = copy.deepcopy(net).train()
+    cuts = list(range(1, net.n_layers) if cuts is None else cuts)
+    states = [net.initial_state(x)]
+    with torch.no_grad():
+        for j in range(net.n_layers):
+            states.append(net.step(j, states[-1]))
+
+    def stepped(work, params):
+        opt = make_optimizer("adam", params, 1e-6) if params else None
+
+        def run():
+            work()
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return run
+
+    def layer(j):
+        inp = tuple(t.detach().requires_grad_() for t in states[j])
+        out = net.step(j, inp)
+        torch.autograd.backward(out, [torch.ones_like(t) for t in out])
+
+    def first():
+        out = [t for t in net.initial_state(x) if t.requires_grad]  # a dense lift is a padding
+        if out:
+            torch.autograd.backward(out, [torch.ones_like(t) for t in out])
+
+    def last():
+        inp = tuple(t.detach().requires_grad_() for t in states[-1])
+        F.cross_entropy(net.classify(inp), y).backward()
+
+    dev = x.device
+    layers = [_timed(stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)), repeats, dev)
+              for j in range(net.n_layers)]
+    lift = list(net.lift.parameters()) if net.lift is not None else []
+    by_shape = {}
+    for b in cuts:
+        shape = net.state_shape_at(b)
+        if shape not in by_shape:
+            module = SyntheticGradient(shape, len(states[b]), net.num_classes, conv=net.conv, kind=sg_kind).to(dev)
+            state = tuple(t.detach() for t in states[b])
+
+            def work(module=module, state=state):
+                pred = module.start(state, y)
+                module.synthetic(pred, y)
+                module.loss(pred, y, state)[0].backward()
+
+            by_shape[shape] = _timed(stepped(work, list(module.parameters())), repeats, dev)
+    return Costs(layers, _timed(stepped(first, lift), repeats, dev),
+                 _timed(stepped(last, list(net.classifier.parameters())), repeats, dev),
+                 {b: by_shape[net.state_shape_at(b)] for b in cuts})
+
+
+def choose_bounds(net, x, y, parts, *, mode="cost", sg_kind="linear", threads=1, multiple=1, repeats=5):
+    """The stages' layer ranges: ``even`` (N / parts layers each, the original's split) or
+    ``cost`` (balanced on the pieces' times, measured on one batch (x, y) with ``threads``
+    intra-op threads, as each stage process will run).  Returns (bounds, Costs or None)."""
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"unknown BALANCE {mode!r}; valid: {', '.join(BALANCE_MODES)}")
+    if mode == "even":
+        return split_layers(net.n_layers, parts), None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        costs = measure_costs(net, x, y, sg_kind=sg_kind, repeats=repeats)
+    finally:
+        torch.set_num_threads(before)
+    return balanced_bounds(costs, parts, multiple), costs
