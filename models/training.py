@@ -51,6 +51,12 @@ def make_optimizer(name, params, lr):
     return OPTIMIZERS[name](params, lr=lr)
 
 
+def sync(device):
+    """Wait for queued GPU work before reading the clock (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # guarded: only when the device is a GPU (cuda.is_available)
+
+
 def check_finite(mean_loss, model, lr, epoch):
     """Raise DivergenceError, naming the likely cause, if an epoch's loss is NaN or infinite."""
     if not math.isfinite(mean_loss):

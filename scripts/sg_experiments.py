@@ -1,7 +1,6 @@
 """The experiments of the four synthetic-gradient scripts, shared by their constants."""
 from __future__ import annotations
 
-import copy
 import json
 import time
 
@@ -53,7 +52,7 @@ def balance(cfg, cnet, data, stages, *, fine=False):
     probe = cnet.net.prolong() if fine else cnet.net
     device = torch.device("cuda") if pick_backend(stages) == "nccl" else torch.device("cpu")
     xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
-    bounds, costs = choose_bounds(copy.deepcopy(probe).to(device), xb, yb, stages, mode=cfg.BALANCE,
+    bounds, costs = choose_bounds(probe, xb, yb, stages, mode=cfg.BALANCE,
                                   sg_kind=cfg.SG_MODULE, threads=cfg.THREADS or default_threads(stages),
                                   multiple=2 if fine else 1)
     split = {"balance": cfg.BALANCE, "bounds": bounds, "layers_per_stage": [b - a for a, b in bounds],

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import split_layers
-from models.training import make_optimizer
+from models.training import make_optimizer, sync
 
 from .modules import SyntheticGradient
 
@@ -81,8 +81,7 @@ def _timed(fn, repeats, device):
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -92,8 +91,9 @@ def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
     process's threads), each with its optimiser step (Adam): each layer's forward and
     backward pass, the opening layer, the classifier and loss, and a fresh module of
     ``sg_kind`` at each cut position in ``cuts`` (default all; modules of one state shape
-    are timed once).  A copy of ``net`` is timed; ``net`` is left as it was."""
-    net = copy.deepcopy(net).train()
+    are timed once).  A copy of ``net``, on the batch's device, is timed; ``net`` is left
+    as it was."""
+    net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
     states = [net.initial_state(x)]
     with torch.no_grad():

@@ -18,7 +18,7 @@ from torch import nn
 
 from datasets.batching import batches
 from models.base import split_layers
-from models.training import make_optimizer
+from models.training import make_optimizer, sync
 
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -98,8 +98,7 @@ def ddp_worker(ctx, net, data, cfg: PeerConfig):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    sync(dev)
     dist.barrier()
     seconds = time.perf_counter() - t0
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -137,8 +136,7 @@ def pipeline_worker(ctx, net, data, cfg: PeerConfig):
                 schedule.step()
             opt.step()
             opt.zero_grad(set_to_none=True)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    sync(dev)
     dist.barrier()
     seconds = time.perf_counter() - t0
     state = _gather(net, set(map(id, own)))

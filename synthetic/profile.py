@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-import torch
+from models.training import sync
 
 # kind -> category of the per-stage table
 CATEGORIES = {"forward": "compute", "backward": "compute", "module": "compute", "step": "compute",
@@ -21,7 +21,6 @@ class StageProfile:
     not its queueing; on the CPU the clock alone suffices."""
 
     def __init__(self, device, timeline_batches=8):
-        self.sync = device.type == "cuda"
         self.device = device
         self.seconds = {k: 0.0 for k in CATEGORIES}
         self.events = []  # (kind, batch, start, end), seconds from ``start``
@@ -43,8 +42,7 @@ class StageProfile:
         try:
             yield
         finally:
-            if self.sync:
-                torch.cuda.synchronize(self.device)
+            sync(self.device)
             t1 = time.perf_counter()
             self.seconds[kind] += t1 - t0
             if self.batch < self.timeline_batches:

@@ -8,15 +8,9 @@ import torch.nn.functional as F
 
 from datasets.batching import batches
 from models.checkpoint import restore, training_state
-from models.training import Progress, check_finite, make_optimizer
+from models.training import Progress, check_finite, make_optimizer, sync
 
 from .complex import input_grads
-
-
-def _sync(device):
-    """Wait for queued GPU work before reading the clock (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # guarded: only when the device is a GPU (cuda.is_available)
 
 
 class SGTrainer:
@@ -51,7 +45,7 @@ class SGTrainer:
 
         def clock(i, t0):
             if timed:
-                _sync(device)
+                sync(device)
                 seconds[i] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -81,7 +75,7 @@ class SGTrainer:
         """One epoch; returns its mean loss, the modules' mean MSE and cosine similarity
         to the true gradient (one entry per cut), its seconds and its theoretical seconds."""
         M = self.cnet.num_stages
-        _sync(x.device)
+        sync(x.device)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=x.device)
         mse_sum = torch.zeros(M - 1, device=x.device)
@@ -100,7 +94,7 @@ class SGTrainer:
                 backward_total += sum(seconds)
                 backward_max += max(seconds)
         bar.close()
-        _sync(x.device)
+        sync(x.device)
         wall = time.perf_counter() - t0
         mean_loss = loss_sum.item() / len(y)
         check_finite(mean_loss, self.cnet.net, self.lr, epoch)
