@@ -21,6 +21,30 @@ def operator_matrix(apply, shape):
     return apply(basis).reshape(n, n).t()
 
 
+def assert_true_gradients_equal_backprop(cnet, data):
+    """Two batches of ``cnet`` trained with true gradients through its cuts end where
+    backprop of the whole network (a copy, the same Adam) ends; returns that copy."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from models.training import make_optimizer
+    from synthetic import SGTrainer
+
+    whole = copy.deepcopy(cnet.net)
+    trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
+    opt = make_optimizer("adam", whole.parameters(), 1e-2)
+    for lo in (0, 64):
+        xb, yb = data.x_train[lo:lo + 64], data.y_train[lo:lo + 64]
+        trainer.train_batch(xb, yb)
+        opt.zero_grad()
+        F.cross_entropy(whole(xb), yb).backward()
+        opt.step()
+    for (name, a), b in zip(cnet.net.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    return whole
+
+
 def run_script(name, *args, timeout=300, env=None):
     """Run scripts/<name>.py with the given arguments; returns the CompletedProcess."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

@@ -15,7 +15,7 @@ from synthetic import ComplexNet, SGTrainer, SyntheticGradient
 from synthetic.balance import Costs, balanced_bounds, choose_bounds, measure_costs
 from synthetic.distributed import DistSGConfig, stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, epoch_batches, pipeline_worker
-from tests.helpers import refused, result_of, run_failing, run_script
+from tests.helpers import assert_true_gradients_equal_backprop, refused, result_of, run_failing, run_script
 
 torch.set_num_threads(1)
 
@@ -70,16 +70,7 @@ def test_modules_start_at_zero_and_keep_the_state_shape(conv):
 def test_true_gradients_through_the_cuts_equal_backprop(arch, stages):
     data = datasets.load("DIGITS")
     cnet = digits_net(arch=arch, layers=6, stages=stages)
-    whole = copy.deepcopy(cnet.net)
-    trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
-    opt = make_optimizer("adam", whole.parameters(), 1e-2)
-    for xb, yb in [(data.x_train[:64], data.y_train[:64]), (data.x_train[64:128], data.y_train[64:128])]:
-        trainer.train_batch(xb, yb)
-        opt.zero_grad()
-        F.cross_entropy(whole(xb), yb).backward()
-        opt.step()
-    for (name, a), b in zip(cnet.net.named_parameters(), whole.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    whole = assert_true_gradients_equal_backprop(cnet, data)
     assert not torch.equal(whole.K[0], digits_net(arch=arch, layers=6, stages=stages).net.K[0])
 
 
@@ -168,17 +159,7 @@ def test_a_cost_balanced_complex_network_with_true_gradients_equals_backprop():
     assert len(costs.layers) == 6 and min(costs.layers) > 0 and set(costs.cuts) == set(range(1, 6))
     cnet = ComplexNet(net, 3).with_bounds([(0, 1), (1, 2), (2, 6)])  # uneven, one cut at the connective
     assert [m.state_shape for m in cnet.sg] == [(2, 8, 8), (2, 8, 8)]
-    whole = copy.deepcopy(net)
-    trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
-    opt = make_optimizer("adam", whole.parameters(), 1e-2)
-    for lo in (0, 64):
-        xb, yb = data.x_train[lo:lo + 64], data.y_train[lo:lo + 64]
-        trainer.train_batch(xb, yb)
-        opt.zero_grad()
-        F.cross_entropy(whole(xb), yb).backward()
-        opt.step()
-    for (name, a), b in zip(cnet.net.named_parameters(), whole.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert_true_gradients_equal_backprop(cnet, data)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp1"])

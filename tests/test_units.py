@@ -1,5 +1,4 @@
 """Multi-unit convolutional networks: the forward pass by hand, cuts, prolongation, trainers."""
-import copy
 
 import pytest
 import torch
@@ -9,10 +8,9 @@ import datasets
 from datasets.augment import crop_flip
 from models import MODELS, MultiUnitNet, build_model
 from models.stability import perturbation_growth
-from models.training import make_optimizer
 from pvd import PVD, PVDConfig
-from synthetic import ComplexNet, SGTrainer
-from tests.helpers import refused
+from synthetic import ComplexNet
+from tests.helpers import assert_true_gradients_equal_backprop, refused
 
 torch.set_num_threads(1)
 ARCHS = list(MODELS)
@@ -108,17 +106,7 @@ def test_true_gradients_through_cuts_between_units_equal_backprop(arch):
     cnet = ComplexNet(net, 3)  # cuts at 2 and 4: both connective layers
     assert cnet.bounds == [(0, 2), (2, 4), (4, 6)]
     assert [m.state_shape for m in cnet.sg] == [(2, 8, 8), (3, 4, 4)]
-    whole = copy.deepcopy(net)
-    trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
-    opt = make_optimizer("adam", whole.parameters(), 1e-2)
-    for lo in (0, 64):
-        xb, yb = data.x_train[lo:lo + 64], data.y_train[lo:lo + 64]
-        trainer.train_batch(xb, yb)
-        opt.zero_grad()
-        F.cross_entropy(whole(xb), yb).backward()
-        opt.step()
-    for (name, a), b in zip(cnet.net.named_parameters(), whole.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert_true_gradients_equal_backprop(cnet, data)
 
 
 def test_pvd_blocks_of_a_multi_unit_network_cover_it():
