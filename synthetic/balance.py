@@ -73,17 +73,22 @@ def balanced_bounds(costs: Costs, parts, multiple=1):
     return best[(parts, n)][2]
 
 
-def _timed(fn, repeats, device):
-    """Median seconds of fn() over ``repeats`` calls after two unmeasured ones."""
+def _timed(pieces, repeats, device):
+    """Median seconds of each piece's call over ``repeats`` rounds, after two unmeasured
+    ones.  The pieces take turns within every round, so that a drift of the machine's
+    speed (warm-up, clock changes, a neighbour) falls on all of them alike and does not
+    make the layers timed first look dearer than the identical layers timed last."""
     for _ in range(2):
-        fn()
-    times = []
+        for fn in pieces:
+            fn()
+    times = [[] for _ in pieces]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, own in zip(pieces, times):
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            own.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
@@ -124,15 +129,15 @@ def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
         inp = tuple(t.detach().requires_grad_() for t in states[-1])
         F.cross_entropy(net.classify(inp), y).backward()
 
-    dev = x.device
-    layers = [_timed(stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)), repeats, dev)
-              for j in range(net.n_layers)]
     lift = list(net.lift.parameters()) if net.lift is not None else []
-    by_shape = {}
+    pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(net.n_layers)]
+    pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
+    shapes = {}  # state shape at a cut -> its piece's index (modules of one shape are timed once)
     for b in cuts:
         shape = net.state_shape_at(b)
-        if shape not in by_shape:
-            module = SyntheticGradient(shape, len(states[b]), net.num_classes, conv=net.conv, kind=sg_kind).to(dev)
+        if shape not in shapes:
+            module = SyntheticGradient(shape, len(states[b]), net.num_classes, conv=net.conv,
+                                       kind=sg_kind).to(x.device)
             state = tuple(t.detach() for t in states[b])
 
             def work(module=module, state=state):
@@ -140,10 +145,11 @@ def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
                 module.synthetic(pred, y)
                 module.loss(pred, y, state)[0].backward()
 
-            by_shape[shape] = _timed(stepped(work, list(module.parameters())), repeats, dev)
-    return Costs(layers, _timed(stepped(first, lift), repeats, dev),
-                 _timed(stepped(last, list(net.classifier.parameters())), repeats, dev),
-                 {b: by_shape[net.state_shape_at(b)] for b in cuts})
+            shapes[shape] = len(pieces)
+            pieces.append(stepped(work, list(module.parameters())))
+    t = _timed(pieces, repeats, x.device)
+    n = net.n_layers
+    return Costs(t[:n], t[n], t[n + 1], {b: t[shapes[net.state_shape_at(b)]] for b in cuts})
 
 
 def choose_bounds(net, x, y, parts, *, mode="cost", sg_kind="linear", threads=1, multiple=1, repeats=5):

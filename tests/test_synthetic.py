@@ -12,7 +12,7 @@ from models import build_model
 from models.training import evaluate, make_optimizer
 from scripts.launch import launch
 from synthetic import ComplexNet, SGTrainer, SyntheticGradient
-from synthetic.balance import Costs, balanced_bounds, choose_bounds, measure_costs
+from synthetic.balance import Costs, _timed, balanced_bounds, choose_bounds, measure_costs
 from synthetic.distributed import DistSGConfig, stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, epoch_batches, pipeline_worker
 from tests.helpers import assert_true_gradients_equal_backprop, refused, result_of, run_failing, run_script
@@ -149,6 +149,14 @@ def test_the_module_on_stage_0_moves_the_cut_towards_it():
     assert three.stages([(0, 3), (3, 6), (6, 10)]) == [5.0, 5.0, 4.0]
     assert three.stages([(0, 4), (4, 7), (7, 10)]) == [6.0, 5.0, 3.0]  # the even split
     assert balanced_bounds(Costs([1.0] * 8), 2) == [(0, 4), (4, 8)]  # equal pieces: the even split
+
+
+def test_the_pieces_are_timed_in_turns_so_a_drift_falls_on_all_alike():
+    calls = []
+    pieces = [lambda k=k: calls.append(k) for k in range(3)]
+    medians = _timed(pieces, 4, torch.device("cpu"))
+    assert len(medians) == 3 and all(m >= 0 for m in medians)
+    assert calls == [0, 1, 2] * 6  # two unmeasured rounds, then four measured ones, each piece once per round
 
 
 def test_a_cost_balanced_complex_network_with_true_gradients_equals_backprop():
