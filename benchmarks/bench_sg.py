@@ -9,10 +9,12 @@ Speed rows (verlet and resnet, batch 64 and 256, a Fashion-MNIST training subset
   DDP      torch DistributedDataParallel, 2 processes x 1 thread (half of every batch each)
   GPipe    torch.distributed.pipelining, ScheduleGPipe, 2 x 1, best of 2 / 4 / 8 micro-batches
   1F1B     the same with Schedule1F1B
-Accuracy rows (verlet and resnet, batch 64, the full training set, the same epochs on
-both sides): ours against backprop.  A multilevel row on DIGITS closes the run.
+Accuracy rows (verlet and resnet, batch 256, the full training set, the same epochs and
+seeds on both sides): ours against backprop.  A multilevel row on DIGITS closes the run.
 
-    python benchmarks/bench_sg.py [--speed-samples 4096] [--accuracy-epochs 3]
+    python benchmarks/bench_sg.py [--speed-samples 4096] [--accuracy-epochs 3] [--seeds 0,1]
+
+With its defaults it takes about 15 minutes on 2 cores.
 
 The summary holds the worst case over the rows of: speedup_same_threads (bp 1t / ours),
 speedup_vs_all_cores (bp all / ours), speedup_vs_best_peer (fastest of DDP, GPipe, 1F1B
@@ -39,7 +41,14 @@ from synthetic.balance import choose_bounds
 from synthetic.distributed import DistSGConfig, stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker, samples_for
 
-STEP, LR, SG_LR, LAYERS = 0.5, 3e-3, 1e-3, 16
+STEP, LAYERS = 0.5, 16
+# Chosen on 20,000 Fashion-MNIST images, 3 epochs, batch 64 (2026-11-26).  At a learning rate
+# of 3e-3 the synthetic-gradient runs' test accuracy moved by 2 to 6 points between the last
+# two epochs, so a gap read off the last one is mostly noise; at 1e-3 backprop ends higher
+# (resnet 0.815 -> 0.822) and the swings shrink to about 2 points.  A module rate of 3e-4
+# (the scripts use 1e-3) regresses the true gradients better: cosine 0.49 against 0.22 (resnet).
+LR, SG_LR = 1e-3, 3e-4
+ML_LR, ML_SG_LR = 3e-3, 1e-3  # the multilevel row (DIGITS)
 MICROBATCHES = (2, 4, 8)
 GOALS = {"speedup_same_threads": 1.8, "speedup_vs_all_cores": 1.0, "speedup_vs_best_peer": 1.3,
          "accuracy_gap_points": 0.5}
@@ -127,13 +136,13 @@ def multilevel(data, epochs_c=4, epochs_f=4, max_scratch=20):
     """Coarse 2 x 4 layers with true gradients, prolonged to 2 x 8 with synthetic
     gradients, against 2 x 8 from scratch until it matches (DIGITS, one thread)."""
     torch.set_num_threads(1)
-    kw = dict(sg_lr=SG_LR, batch_size=64, seed=0)
+    kw = dict(sg_lr=ML_SG_LR, batch_size=64, seed=0)
     coarse = ComplexNet(network(data.info, "verlet", layers=8, h=2 * STEP), 2)
-    t_ml = sum(train_serial(coarse, data, epochs=epochs_c, lr=LR, true_gradients=True, **kw)["seconds"])
+    t_ml = sum(train_serial(coarse, data, epochs=epochs_c, lr=ML_LR, true_gradients=True, **kw)["seconds"])
     fine = coarse.prolong(h=STEP)
-    t_ml += sum(train_serial(fine, data, epochs=epochs_f, lr=LR / 3, **kw)["seconds"])
+    t_ml += sum(train_serial(fine, data, epochs=epochs_f, lr=ML_LR / 3, **kw)["seconds"])
     acc_ml = evaluate(fine, data.x_test, data.y_test)
-    hist = train_serial(ComplexNet(network(data.info, "verlet"), 2), data, epochs=max_scratch, lr=LR, **kw)
+    hist = train_serial(ComplexNet(network(data.info, "verlet"), 2), data, epochs=max_scratch, lr=ML_LR, **kw)
     elapsed, t_scratch, needed = 0.0, float("inf"), None
     for k, (sec, acc) in enumerate(zip(hist["seconds"], hist["test_acc"]), 1):
         elapsed += sec
@@ -147,10 +156,12 @@ def multilevel(data, epochs_c=4, epochs_f=4, max_scratch=20):
 
 
 def summary(speed, accuracy):
-    worst = {k: min(r[k] for r in speed) for k in ("speedup_same_threads", "speedup_vs_all_cores",
-                                                    "speedup_vs_best_peer")}
-    worst["accuracy_gap_points"] = max(r["accuracy_gap_points"] for r in accuracy)
-    met = {k: (v <= GOALS[k] if k == "accuracy_gap_points" else v >= GOALS[k]) for k, v in worst.items()}
+    """The worst case of each figure over its rows (None where its rows were skipped)."""
+    worst = {k: min((r[k] for r in speed), default=None) for k in ("speedup_same_threads", "speedup_vs_all_cores",
+                                                                    "speedup_vs_best_peer")}
+    worst["accuracy_gap_points"] = max((r["accuracy_gap_points"] for r in accuracy), default=None)
+    met = {k: None if v is None else (v <= GOALS[k] if k == "accuracy_gap_points" else v >= GOALS[k])
+           for k, v in worst.items()}
     return {**worst, "goals": GOALS, "met": met}
 
 
@@ -158,11 +169,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", default="verlet,resnet")
     parser.add_argument("--batches", default="64,256")
-    parser.add_argument("--speed-samples", type=int, default=4096, help="training images of the speed rows")
-    parser.add_argument("--speed-epochs", type=int, default=2)
+    parser.add_argument("--speed-samples", type=int, default=4096,
+                        help="training images of the speed rows (0: skip them)")
+    parser.add_argument("--speed-epochs", type=int, default=1)
     parser.add_argument("--accuracy-epochs", type=int, default=3)
     parser.add_argument("--accuracy-samples", type=int, default=0, help="0: the whole training set")
+    parser.add_argument("--accuracy-batch", type=int, default=256, help="batch size of the accuracy rows")
     parser.add_argument("--seeds", default="0", help="seeds of the accuracy rows, e.g. 0,1")
+    parser.add_argument("--out", default="sg", help="results file: benchmarks/results/<out>.json")
     parser.add_argument("--data-root", default=str(Path(__file__).resolve().parents[1] / "data"))
     args = parser.parse_args()
     archs, batch_sizes = args.archs.split(","), [int(b) for b in args.batches.split(",")]
@@ -173,16 +187,17 @@ def main():
         k = args.accuracy_samples
         full = datasets.Data(full.x_train[:k].clone(), full.y_train[:k].clone(), full.x_test, full.y_test, full.info)
     t0 = time.perf_counter()
-    speed = [speed_row(subset, arch, args.speed_epochs, b) for arch in archs for b in batch_sizes]
+    speed = [speed_row(subset, arch, args.speed_epochs, b) for arch in archs for b in batch_sizes
+             if args.speed_samples]
     seeds = [int(s) for s in args.seeds.split(",")]
-    accuracy = [accuracy_row(full, arch, args.accuracy_epochs, min(batch_sizes), seeds) for arch in archs]
+    accuracy = [accuracy_row(full, arch, args.accuracy_epochs, args.accuracy_batch, seeds) for arch in archs]
     extra = multilevel(datasets.load("DIGITS"))
     result = {"config": vars(args), "summary": summary(speed, accuracy), "speed": speed, "accuracy": accuracy,
               "multilevel_digits": extra, "bench_seconds": time.perf_counter() - t0}
     print("\nsummary (worst case over the rows): " + ", ".join(
         f"{k} {v:.2f} ({'met' if result['summary']['met'][k] else 'not met'}, goal {GOALS[k]})"
-        for k, v in result["summary"].items() if k in GOALS))
-    save("sg", result)
+        for k, v in result["summary"].items() if k in GOALS and v is not None))
+    save(args.out, result)
 
 
 if __name__ == "__main__":
