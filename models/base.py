@@ -114,6 +114,16 @@ class LayeredNet(nn.Module):
     def classify(self, state):
         raise NotImplementedError
 
+    def range_parameters(self, ini, end):
+        """The parameters of layers [ini, end) as a piece of a cut network: with the opening
+        layer (lift) when the piece starts the network, with the classifier when it ends it."""
+        params = self.layer_parameters(ini, end)
+        if ini == 0 and self.lift is not None:
+            params = list(self.lift.parameters()) + params
+        if end == self.n_layers:
+            params = params + list(self.classifier.parameters())
+        return params
+
     def forward(self, x):
         return self.classify(self.integrate(self.initial_state(x)))
 

@@ -56,13 +56,7 @@ class ComplexNet(nn.Module):
         return self.net.classify(state) if i == self.num_stages - 1 else state
 
     def stage_parameters(self, i):
-        a, b = self.bounds[i]
-        params = self.net.layer_parameters(a, b)
-        if i == 0 and self.net.lift is not None:
-            params = list(self.net.lift.parameters()) + params
-        if i == self.num_stages - 1:
-            params = params + list(self.net.classifier.parameters())
-        return params
+        return self.net.range_parameters(*self.bounds[i])
 
     def forward(self, x):
         return self.net(x)

@@ -269,16 +269,22 @@ def stage_worker(ctx, cnet, data, cfg: DistSGConfig):
     dist.barrier()
     train_time = prior_seconds + time.perf_counter() - t_start
 
-    # every rank contributes the parameters it owns; the sum is the trained network
-    owned = mine
-    params = list(cnet.parameters())
-    flat = torch.cat([(p.detach() if id(p) in owned else torch.zeros_like(p)).reshape(-1) for p in params])
-    dist.all_reduce(flat)
+    state_dict = gather_owned(cnet, mine)
     histories, profiles = [None] * M, [None] * M
     dist.all_gather_object(histories, hist)
     dist.all_gather_object(profiles, prof.summary())
     if not ctx.is_main:
         return None
+    return {"state_dict": state_dict, "histories": histories, "profiles": profiles, "bounds": cnet.bounds,
+            "train_time_s": train_time}
+
+
+def gather_owned(net, owned):
+    """Every rank contributes the parameters it owns (``owned``: their ids), zeros for the
+    rest; the sum, loaded into ``net``, is the trained network.  Returns its state dict on
+    the CPU."""
+    params = list(net.parameters())
+    flat = torch.cat([(p.detach() if id(p) in owned else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(flat)
     torch.nn.utils.vector_to_parameters(flat, params)
-    return {"state_dict": {k: v.detach().cpu() for k, v in cnet.state_dict().items()},
-            "histories": histories, "profiles": profiles, "bounds": cnet.bounds, "train_time_s": train_time}
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}

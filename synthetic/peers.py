@@ -20,6 +20,8 @@ from datasets.batching import batches
 from models.base import split_layers
 from models.training import make_optimizer, sync
 
+from .distributed import gather_owned
+
 SCHEDULES = ("gpipe", "1f1b")
 
 
@@ -58,26 +60,12 @@ class Piece(nn.Module):
         return torch.cat([t.flatten(1) for t in state], 1)
 
     def own_parameters(self):
-        params = self.net.layer_parameters(self.a, self.b)
-        if self.a == 0 and self.net.lift is not None:
-            params = list(self.net.lift.parameters()) + params
-        if self.b == self.net.n_layers:
-            params = params + list(self.net.classifier.parameters())
-        return params
+        return self.net.range_parameters(self.a, self.b)
 
 
 def epoch_batches(data, cfg, epoch):
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     return batches(data.x_train, data.y_train, cfg.batch_size, generator=gen)
-
-
-def _gather(net, owned):
-    """Every rank's parameters that it owns, summed: the trained network on rank 0."""
-    params = list(net.parameters())
-    flat = torch.cat([(p.detach() if id(p) in owned else torch.zeros_like(p)).reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    torch.nn.utils.vector_to_parameters(flat, params)
-    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
 
 
 def ddp_worker(ctx, net, data, cfg: PeerConfig):
@@ -139,7 +127,7 @@ def pipeline_worker(ctx, net, data, cfg: PeerConfig):
     sync(dev)
     dist.barrier()
     seconds = time.perf_counter() - t0
-    state = _gather(net, set(map(id, own)))
+    state = gather_owned(net, set(map(id, own)))
     return {"state_dict": state, "train_time_s": seconds} if ctx.is_main else None
 
 
