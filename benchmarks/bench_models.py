@@ -1,4 +1,4 @@
-"""Benchmark (issue 2): our training loop and data feeding against minimal baselines.
+"""Our training loop and data feeding against minimal baselines.
 
 (a) Training throughput of each dense model through models.training.fit against a
     minimal hand-written PyTorch loop of the same equations and sizes (goal >= 0.95).

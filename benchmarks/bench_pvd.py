@@ -1,4 +1,4 @@
-"""Benchmark (issue 3): PVD on real processes against the same PVD run serially.
+"""PVD on real processes against the same PVD run serially.
 
 In one run, on the same network, data and seed:
 (a)  PVD with P=2 processes (1 intra-op thread each) against the serial mode with 1

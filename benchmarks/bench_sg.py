@@ -1,4 +1,4 @@
-"""Benchmark (issue 7): our distributed synthetic-gradient pipeline against what a user
+"""Our distributed synthetic-gradient pipeline against what a user
 would pick instead, on the same network (M = 2 stages of a 16-layer dense StableNet of
 width 784, cut where our pipeline cuts it), data, seed and epochs.
 
@@ -38,6 +38,7 @@ from models.training import evaluate, fit
 from scripts.launch import launch
 from synthetic import ComplexNet, train_serial
 from synthetic.balance import choose_bounds
+from synthetic.complex import layers_per_stage
 from synthetic.distributed import DistSGConfig, stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker, samples_for
 
@@ -90,7 +91,7 @@ def speed_row(data, arch, epochs, batch):
     net = network(data.info, arch)
     t_ours, _, bounds, busy = ours(net, data, epochs, batch)
     row = {"arch": arch, "batch": batch, "samples": len(data.y_train), "epochs": epochs,
-           "layers_per_stage": [b - a for a, b in bounds], "busy_fraction": busy, "ours_s": t_ours}
+           "layers_per_stage": layers_per_stage(bounds), "busy_fraction": busy, "ours_s": t_ours}
     row["bp_1t_s"], _ = backprop(net, data, epochs, batch, 1)
     row["bp_all_s"], _ = backprop(net, data, epochs, batch, os.cpu_count())
     base = PeerConfig(epochs=epochs, lr=LR, batch_size=batch, bounds=tuple(bounds))

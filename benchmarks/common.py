@@ -40,7 +40,7 @@ def timed(fn):
 
 
 def save(name, payload):
-    from scripts.common import write_json
+    from models.files import write_json
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{name}.json"

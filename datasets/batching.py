@@ -23,3 +23,17 @@ def batches(x, y, batch_size, *, shuffle=True, generator=None, augment=False):
     for i, j in batch_bounds(n, batch_size):
         idx = perm[i:j]
         yield (crop_flip(x[idx], generator) if augment else x[idx]), y[idx]
+
+
+def epoch_generator(seed, epoch):
+    """The random generator of one epoch's batches (their order and augmentation), seeded
+    by the run's seed and the epoch alone, so that every trainer, resumed or not, in one
+    process or several, draws the same batches."""
+    return torch.Generator().manual_seed(seed * 1000 + epoch)
+
+
+def epoch_batches(x, y, batch_size, seed, epoch, augment=False):
+    """The batches of epoch ``epoch`` (1, 2, ...) of a run seeded by ``seed``: the one
+    batch order of every trainer (fit, the serial and distributed pipelines, the torch
+    peers)."""
+    return batches(x, y, batch_size, generator=epoch_generator(seed, epoch), augment=augment)

@@ -14,11 +14,8 @@ def ellipse(seed=0, n_train=500, n_val=100):
     Returns x_train, y_train, x_val, y_val.
 
     The classes touch at a = 1, so a validation accuracy near 1 needs the boundary placed
-    to within a few thousandths in a, which the training points near it decide: with 500
-    per class (the original's size), seed 2 (four validation points within 0.01 of the
-    boundary) ends at 0.965-0.98 for every architecture, with 2000 seed 1 (three within
-    0.01) at 0.985 for the ResNet; the toy scripts ask for 8000 (ELLIPSE_POINTS), with
-    which seeds 0-2 reach 0.99-1.0.
+    to within a few thousandths in a, which the training points near it decide: the more
+    of them, the closer (docs/RESULTS.md measures how many the toy scripts need).
     """
     gen = torch.Generator().manual_seed(seed)
     n = n_train + n_val

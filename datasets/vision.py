@@ -13,13 +13,13 @@ Fashion-MNIST is also found where Debian's ``dataset-fashion-mnist`` package put
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.files import atomic
 
 CACHE_VERSION = 1
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -76,19 +76,12 @@ def write_cache(path, arrays, name):
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, arr in zip(("x_train", "y_train", "x_test", "y_test"), arrays):
-                f.create_dataset(key, data=arr)
-            f.attrs["dataset"] = name
-            f.attrs["version"] = CACHE_VERSION
-            f.attrs["complete"] = 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, arr in zip(("x_train", "y_train", "x_test", "y_test"), arrays):
+            f.create_dataset(key, data=arr)
+        f.attrs["dataset"] = name
+        f.attrs["version"] = CACHE_VERSION
+        f.attrs["complete"] = 1
 
 
 def _normalise(x_train, y_train, x_test, y_test):
@@ -116,19 +109,13 @@ def _stage_idx(src, raw):
         if (raw / f).is_file():
             continue
         plain, packed = src / f, src / f"{f}.gz"
-        fd, tmp = tempfile.mkstemp(prefix=f + ".", suffix=".tmp", dir=raw)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if plain.is_file():
-                    with open(plain, "rb") as inp:
-                        shutil.copyfileobj(inp, out)
-                else:
-                    with gzip.open(packed, "rb") as inp:
-                        shutil.copyfileobj(inp, out)
-            os.replace(tmp, raw / f)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic(raw / f) as tmp, open(tmp, "wb") as out:
+            if plain.is_file():
+                with open(plain, "rb") as inp:
+                    shutil.copyfileobj(inp, out)
+            else:
+                with gzip.open(packed, "rb") as inp:
+                    shutil.copyfileobj(inp, out)
 
 
 def _read_raw(name, root, download):

@@ -13,10 +13,11 @@ import os
 import pickle
 import re
 import signal
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic
 
 
 class CheckpointError(RuntimeError):
@@ -31,18 +32,10 @@ def paths(run_dir, name="checkpoint"):
 def save(run_dir, state, name="checkpoint"):
     """Write ``state`` (tensors and plain values) as run_dir/<name>.pt, keeping the previous one."""
     current, previous = paths(run_dir, name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=current.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic(current) as tmp:
+        torch.save(state, tmp)
         if current.exists():
             os.replace(current, previous)
-        os.replace(tmp, current)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return current
 
 
@@ -58,20 +51,29 @@ def read(path, map_location="cpu"):
                               "refused, since loading it could run code") from None
 
 
-def load(run_dir, name="checkpoint", map_location="cpu"):
-    """The newest intact checkpoint of run_dir as (state, path), or (None, None) if there is none."""
-    found, broken = False, []
+def intact(run_dir, name="checkpoint", map_location="cpu"):
+    """The readable checkpoints of run_dir/<name>, newest first, as [(state, path)], and the
+    names of those that exist but are truncated or damaged.  CheckpointError for one that
+    holds more than plain data (refused, not skipped)."""
+    found, broken = [], []
     for path in paths(run_dir, name):
         if not path.exists():
             continue
-        found = True
         try:
-            return read(path, map_location), path
+            found.append((read(path, map_location), path))
         except CheckpointError:
             raise
-        except Exception as exc:  # truncated or damaged: try the previous one
+        except Exception as exc:  # truncated or damaged: the other one may do
             broken.append(f"{path.name} ({type(exc).__name__})")
+    return found, broken
+
+
+def load(run_dir, name="checkpoint", map_location="cpu"):
+    """The newest intact checkpoint of run_dir as (state, path), or (None, None) if there is none."""
+    found, broken = intact(run_dir, name, map_location)
     if found:
+        return found[0]
+    if broken:
         raise CheckpointError(f"no intact checkpoint in {run_dir}: {', '.join(broken)} unreadable")
     return None, None
 

@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from datasets.batching import batches
+from datasets.batching import batches, epoch_batches
 from models.checkpoint import restore, training_state
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
@@ -39,15 +39,15 @@ def pick_device(name="auto"):
 
 def make_optimizer(name, params, lr):
     """Adam or SGD; Adam uses the fused kernel (one pass over memory, several times faster
-    than the per-tensor loop on a CPU), falling back where this torch lacks it."""
+    than the per-tensor loop on a CPU) where every parameter's device supports it."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     params = list(params)
     if name == "adam":
-        try:
-            return torch.optim.Adam(params, lr=lr, fused=True)
-        except (RuntimeError, TypeError):
-            pass
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        fused = all(p.device.type in _get_fused_kernels_supported_devices() and p.is_floating_point() for p in params)
+        return torch.optim.Adam(params, lr=lr, fused=fused or None)
     return OPTIMIZERS[name](params, lr=lr)
 
 
@@ -104,6 +104,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     Cross-entropy on the logits, plus the paper's regularisers when alpha_f/alpha_c > 0.
     ``lr_step`` > 0 multiplies the learning rate by ``lr_gamma`` every lr_step epochs.
     ``augment``: random crops (padding 4) and flips of every batch (datasets.augment).
+    ``seed`` draws the batches (datasets.batching.epoch_batches, as every trainer does).
     ``log`` (e.g. print) receives one progress line per epoch.  Returns the history:
     per-epoch loss, train accuracy (on the fly, during the epoch) and seconds.
     Raises DivergenceError if the loss becomes NaN or infinite.
@@ -115,12 +116,11 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     """
     opt = make_optimizer(optimizer, model.parameters(), lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step > 0 else None
-    gen = torch.Generator().manual_seed(seed)
     regularised = bool(alpha_f or alpha_c)
     history = {"epoch": [], "loss": [], "train_acc": [], "seconds": []}
     start = 1
     if resume is not None:
-        history, start = restore(resume, model, [opt], gen, sched)
+        history, start = restore(resume, model, [opt], None, sched)
 
     model.train()
     n_batches = -(-len(y) // batch_size)
@@ -130,7 +130,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
         correct = torch.zeros((), dtype=torch.long, device=x.device)
         bar = Progress(n_batches, f"epoch {epoch}")
         seen = 0
-        for xb, yb in batches(x, y, batch_size, shuffle=True, generator=gen, augment=augment):
+        for xb, yb in epoch_batches(x, y, batch_size, seed, epoch, augment):
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             total = loss + model.regularization(alpha_f, alpha_c) if regularised else loss
@@ -153,7 +153,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
         if log is not None:
             log(f"epoch {epoch:4d}  loss {mean_loss:.4f}  train acc {acc:.4f}  {seconds:.2f}s")
         if on_epoch_end is not None:
-            on_epoch_end(epoch, lambda epoch=epoch: training_state(epoch, model, [opt], gen, history, sched))
+            on_epoch_end(epoch, lambda epoch=epoch: training_state(epoch, model, [opt], None, history, sched))
     return history
 
 

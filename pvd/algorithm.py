@@ -320,7 +320,8 @@ class PVD:
         """Iterate to the target accuracy or the iteration limit; returns the History.
 
         ``resume``, a ``state``, continues after its iteration as if the run had never
-        stopped; ``on_iteration_end(k, state)`` gets a function building that state."""
+        stopped; ``on_iteration_end(k, state, final)`` gets a function building that state,
+        and ``final`` True at the iteration the run stops at."""
         cfg = self.cfg
         hist, start, t_offset, theoretical = History(), 1, 0.0, 0.0
         if resume is not None:
@@ -352,8 +353,9 @@ class PVD:
             if log is not None:
                 log(f"iter {k:3d}  loss {loss:.4f}  train acc {flag[0]:.4f}  test acc {flag[1]:.4f}  "
                     f"best block {best}  wall {wall:.1f}s  theoretical {theoretical:.1f}s")
-            if on_iteration_end is not None:
-                on_iteration_end(k, lambda: self.state(hist))
-            if flag[1] >= cfg.target_acc:
+            reached = bool(flag[1] >= cfg.target_acc)
+            if on_iteration_end is not None:  # the iteration a run stops at is always saved
+                on_iteration_end(k, lambda: self.state(hist), final=reached or k == cfg.iterations)
+            if reached:
                 break
         return hist

@@ -13,10 +13,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from models import build_model  # noqa: E402
-from pvd import SYNC_RULES, PVDConfig, parallel_worker, run_serial  # noqa: E402
-from scripts import common, plotting  # noqa: E402
+from pvd import PVDConfig, parallel_worker, run_serial  # noqa: E402
+from scripts import plotting  # noqa: E402
+from scripts.constants import configure  # noqa: E402
+from scripts.entry import run  # noqa: E402
+from scripts.experiment import augmenting, build, describe, open_run  # noqa: E402
 from scripts.launch import launch, world_size_for  # noqa: E402
+from scripts.resume import Checkpointer  # noqa: E402
+from scripts.rundir import emit_result  # noqa: E402
 
 DATASET = "ELLIPSE"  # ELLIPSE, SWISS, DIGITS, MNIST, FASHION (or CIFAR10)
 CHOICE = "verlet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
@@ -54,64 +58,62 @@ FAIL_ITERATION = 1  # testing aid: ... in this iteration, in the first attempt o
 FAIL_MODE = "raise"  # testing aid: raise an exception, or kill: the processor sends itself SIGKILL
 
 
-def pvd_config(cfg, meta, num_proc):
-    return PVDConfig(num_proc=num_proc, iterations=cfg.ITERATIONS, epochs=cfg.EPOCHS, steps=cfg.STEPS,
+def pvd_config(cfg, meta):
+    return PVDConfig(num_proc=cfg.NUM_PROC, iterations=cfg.ITERATIONS, epochs=cfg.EPOCHS, steps=cfg.STEPS,
                      lr=cfg.LEARN_RATE, optimizer=cfg.OPTIMIZER, batch_size=cfg.BATCH_SIZE,
                      direction_batches=cfg.DIRECTION_BATCHES, sync_batches=cfg.SYNC_BATCHES, sync=cfg.SYNC,
                      target_acc=cfg.TARGET_ACC, train_classifier=cfg.TRAIN_CLASSIFIER, seed=cfg.SEED,
                      fail_rank=cfg.FAIL_RANK, fail_iteration=cfg.FAIL_ITERATION, fail_mode=cfg.FAIL_MODE,
-                     augment=common.augmenting(cfg, meta))
+                     augment=augmenting(cfg, meta))
+
+
+def _processes(cfg):
+    """Under torchrun the world size is the processor count."""
+    return cfg.replace(NUM_PROC=world_size_for(cfg.NUM_PROC)) if cfg.PARALLEL else cfg
 
 
 def main(argv=None):
-    cfg, resume_path = common.resume_constants(__file__, common.configure(__file__, globals(), argv, __doc__))
-    meta, arch, device = common.resolve(cfg)
-    num_proc = world_size_for(cfg.NUM_PROC) if cfg.PARALLEL else cfg.NUM_PROC
-    common.check(num_proc >= 1, f"NUM_PROC must be >= 1, got {num_proc}")
-    common.check(num_proc <= cfg.N, f"NUM_PROC ({num_proc}) cannot exceed the number of layers N ({cfg.N})")
-    common.check(cfg.SYNC in SYNC_RULES, f"unknown SYNC {cfg.SYNC!r}; valid: {', '.join(SYNC_RULES)}")
-    common.check(cfg.ITERATIONS >= 1, f"ITERATIONS must be >= 1, got {cfg.ITERATIONS}")
-    common.check(cfg.THREADS >= 0, f"THREADS must be >= 0, got {cfg.THREADS}")
-    main_rank = not cfg.PARALLEL or common.is_main_process()
-    data = common.load_data(cfg)
-    torch.manual_seed(cfg.SEED)
-    model = build_model(arch, meta.shape, meta.classes, cfg.N, cfg.STEP, **common.model_kwargs(cfg, meta))
-    pcfg = pvd_config(cfg, meta, num_proc)
-    run = common.RunDir(__file__, cfg, extra={"architecture": arch, "num_proc": num_proc},
-                        path=resume_path) if main_rank else None
-    saver = common.Checkpointer(run.path, cfg, cfg.ITERATIONS) if main_rank else None
-    if main_rank and resume_path:
-        common.load_checkpoint(run.path, quiet=True)  # a damaged or unsafe one stops here, with one line
-    if main_rank:
-        mode = f"{num_proc} processes" if cfg.PARALLEL else "serial mode"
-        print(f"PVD ({mode}, sync={cfg.SYNC}) of {arch}, N={cfg.N}, h={cfg.STEP} on {meta.name}; "
-              f"results in {run.path}", flush=True)
-        common.describe(model)
+    o = open_run(__file__, configure(__file__, globals(), argv, __doc__), adjust=_processes, device_data=False,
+                 announce=False)  # pvd.run says where it resumes
+    cfg, run_dir, data = o.cfg, o.run, o.data
+    model = build(cfg, o.arch, o.meta)
+    pcfg = pvd_config(cfg, o.meta)
+    saver = Checkpointer(run_dir.path, cfg, cfg.ITERATIONS) if run_dir is not None else None
+    if run_dir is not None:
+        mode = f"{cfg.NUM_PROC} processes" if cfg.PARALLEL else "serial mode"
+        print(f"PVD ({mode}, sync={cfg.SYNC}) of {o.arch}, N={cfg.N}, h={cfg.STEP} on {o.meta.name}; "
+              f"results in {run_dir.path}", flush=True)
+        describe(model)
     if cfg.PARALLEL:
-        out = launch(parallel_worker, num_proc, (model, data, pcfg, True, saver), threads=cfg.THREADS,
+        out = launch(parallel_worker, cfg.NUM_PROC, (model, data, pcfg, True, saver), threads=cfg.THREADS,
                      max_restarts=cfg.MAX_RESTARTS)
     else:
         torch.set_num_threads(cfg.THREADS or torch.get_num_threads())
-        out = run_serial(model.to(device), data.to(device), pcfg, log=lambda s: print(s, flush=True), saver=saver)
-    if not main_rank:
-        return
+        out = run_serial(model.to(o.device), data.to(o.device), pcfg, log=lambda s: print(s, flush=True),
+                         saver=saver)
+    if run_dir is not None:
+        report(cfg, run_dir, out)
+
+
+def report(cfg, run_dir, out):
     hist = out["history"]
     result = {"test_acc": hist["test_acc"][-1], "train_acc": hist["train_acc"][-1],
               "iterations": hist["iteration"][-1], "reached_target": hist["test_acc"][-1] >= cfg.TARGET_ACC,
               "wall_time_s": hist["wall_time_s"][-1], "theoretical_time_s": hist["theoretical_time_s"][-1],
-              "num_proc": num_proc, "parallel": bool(cfg.PARALLEL), "sync": cfg.SYNC}
+              "num_proc": cfg.NUM_PROC, "parallel": bool(cfg.PARALLEL), "sync": cfg.SYNC}
     result["train_time_s"] = result["wall_time_s"]
-    run.save_json("metrics.json", {"history": hist, **result})
-    torch.save(out["state_dict"], run.file("model.pt"))
+    run_dir.save_json("metrics.json", {"history": hist, **result})
+    run_dir.save_weights("model.pt", out["state_dict"])
     series = {k: hist[k] for k in ("loss", "train_acc", "test_acc")}
-    plotting.curves(run.file("pvd_iterations.png"), {"PVD": {"iteration": hist["iteration"], **series}},
-                    x_key="iteration", title=f"PVD, {num_proc} processors")
-    plotting.curves(run.file("pvd_time.png"), {"PVD": {"wall time (s)": hist["wall_time_s"], **series}},
-                    x_key="wall time (s)", title=f"PVD, {num_proc} processors")
+    title = f"PVD, {cfg.NUM_PROC} processors"
+    plotting.curves(run_dir.file("pvd_iterations.png"), {"PVD": {"iteration": hist["iteration"], **series}},
+                    x_key="iteration", title=title)
+    plotting.curves(run_dir.file("pvd_time.png"), {"PVD": {"wall time (s)": hist["wall_time_s"], **series}},
+                    x_key="wall time (s)", title=title)
     print(f"test acc {result['test_acc']:.4f} after {result['iterations']} iterations; "
           f"wall time {result['wall_time_s']:.1f}s, theoretical parallel time {result['theoretical_time_s']:.1f}s")
-    common.emit_result({**result, "run_dir": str(run.path)})
+    emit_result({**result, "run_dir": str(run_dir.path)})
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

@@ -8,7 +8,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from scripts import common  # noqa: E402
+from scripts.constants import configure  # noqa: E402
+from scripts.entry import run  # noqa: E402
 from scripts.architecture import train_single  # noqa: E402
 
 DATASET = "MNIST"  # MNIST, FASHION, CIFAR10, DIGITS, ELLIPSE or SWISS
@@ -39,8 +40,8 @@ RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may g
 
 
 def main(argv=None):
-    train_single(__file__, common.configure(__file__, globals(), argv, __doc__))
+    train_single(__file__, configure(__file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

@@ -8,7 +8,8 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from scripts import common  # noqa: E402
+from scripts.constants import configure  # noqa: E402
+from scripts.entry import run  # noqa: E402
 from scripts.architecture import train_toy  # noqa: E402
 
 DATASET = "ELLIPSE"  # the toy set: ELLIPSE or SWISS
@@ -38,8 +39,8 @@ VERBOSE = False  # print every epoch of every architecture
 
 
 def main(argv=None):
-    train_toy(__file__, common.configure(__file__, globals(), argv, __doc__))
+    train_toy(__file__, configure(__file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

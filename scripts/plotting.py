@@ -1,6 +1,8 @@
 """Figures of the experiment scripts (matplotlib, Agg backend, PNG)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,13 +11,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
+from models.files import atomic  # noqa: E402
+
 CLASS_COLOURS = ("tab:blue", "tab:orange")
 
 
 def _save(fig, path):
+    """Write the figure atomically (a temporary file, then a rename), in the format of
+    ``path``'s suffix."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def curves(path, series, *, x_key="epoch", title=""):

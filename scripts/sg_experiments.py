@@ -8,35 +8,21 @@ import torch
 
 from models import PROLONG_METHODS, build_model, split_layers
 from models.training import evaluate
-from scripts import common, plotting
+from scripts import plotting
+from scripts.experiment import augmenting, describe, model_kwargs, open_run
 from scripts.launch import default_threads, launch, pick_backend, world_size_for
-from synthetic import SG_MODULES, ComplexNet, train_serial
-from synthetic.balance import BALANCE_MODES, choose_bounds
+from scripts.resume import Checkpointer, PhaseStates, load_checkpoint
+from scripts.rundir import emit_result
+from synthetic import ComplexNet, train_serial
+from synthetic.balance import choose_bounds
+from synthetic.complex import layers_per_stage
 from synthetic.distributed import DistSGConfig, stage_worker
 from synthetic.profile import profile_table
 
 
-def _setup(cfg, *, stages, layers="N", steps=("STEP",)):
-    meta, arch, device = common.resolve(cfg, layers_name=layers, step_names=steps)
-    common.check(stages >= 2, f"M (sub-networks) must be >= 2, got {stages}")
-    common.check(cfg.SG_MODULE in SG_MODULES,
-                 f"unknown SG_MODULE {cfg.SG_MODULE!r}; valid: {', '.join(SG_MODULES)}")
-    common.check(cfg.SG_LEARN_RATE > 0, f"SG_LEARN_RATE must be > 0, got {cfg.SG_LEARN_RATE}")
-    if hasattr(cfg, "PROLONG"):
-        common.check(cfg.PROLONG in PROLONG_METHODS,
-                     f"unknown PROLONG {cfg.PROLONG!r}; valid: {', '.join(PROLONG_METHODS)}")
-    if hasattr(cfg, "BALANCE"):
-        common.check(cfg.BALANCE in BALANCE_MODES,
-                     f"unknown BALANCE {cfg.BALANCE!r}; valid: {', '.join(BALANCE_MODES)}")
-    if hasattr(cfg, "MAX_IN_FLIGHT"):
-        common.check(cfg.MAX_IN_FLIGHT >= 1, f"MAX_IN_FLIGHT must be >= 1, got {cfg.MAX_IN_FLIGHT}")
-        common.check(cfg.THREADS >= 0, f"THREADS must be >= 0, got {cfg.THREADS}")
-    return meta, arch, device
-
-
-def complex_net(cfg, meta, arch, stages, layers_per_stage, h):
+def complex_net(cfg, meta, arch, stages, layers, h):
     torch.manual_seed(cfg.SEED)
-    net = build_model(arch, meta.shape, meta.classes, stages * layers_per_stage, h, **common.model_kwargs(cfg, meta))
+    net = build_model(arch, meta.shape, meta.classes, stages * layers, h, **model_kwargs(cfg, meta))
     return ComplexNet(net, stages, sg_kind=cfg.SG_MODULE)
 
 
@@ -48,14 +34,14 @@ def balance(cfg, cnet, data, stages, *, fine=False):
     Returns (cnet, a description of the split for the log and metrics)."""
     if cfg.BALANCE == "even":
         bounds = [(2 * a, 2 * b) for a, b in cnet.bounds] if fine else cnet.bounds
-        return cnet, {"balance": "even", "bounds": bounds, "layers_per_stage": [b - a for a, b in bounds]}
+        return cnet, {"balance": "even", "bounds": bounds, "layers_per_stage": layers_per_stage(bounds)}
     probe = cnet.net.prolong() if fine else cnet.net
     device = torch.device("cuda") if pick_backend(stages) == "nccl" else torch.device("cpu")
     xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
     bounds, costs = choose_bounds(probe, xb, yb, stages, mode=cfg.BALANCE,
                                   sg_kind=cfg.SG_MODULE, threads=cfg.THREADS or default_threads(stages),
                                   multiple=2 if fine else 1)
-    split = {"balance": cfg.BALANCE, "bounds": bounds, "layers_per_stage": [b - a for a, b in bounds],
+    split = {"balance": cfg.BALANCE, "bounds": bounds, "layers_per_stage": layers_per_stage(bounds),
              "stage_ms": [1e3 * c for c in costs.stages(bounds)],
              "even_stage_ms": [1e3 * c for c in costs.stages(split_layers(probe.n_layers, stages))]}
     if fine:
@@ -91,7 +77,7 @@ def _serial(cnet, data, cfg, *, epochs, lr, true_gradients=False, tag="", resume
     hist = train_serial(cnet, data, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
                         optimizer=cfg.OPTIMIZER, true_gradients=true_gradients, seed=cfg.SEED,
                         log=lambda s: print(s, flush=True), tag=tag, resume=resume, on_epoch_end=on_epoch_end,
-                        augment=common.augmenting(cfg, data.info))
+                        augment=augmenting(cfg, data.info))
     # training time: the epochs themselves, not the per-epoch test evaluation
     return hist, {"train_time_s": sum(hist["seconds"]), "theoretical_time_s": sum(hist["theoretical_s"]),
                   "train_acc": evaluate(cnet, data.x_train, data.y_train),
@@ -103,7 +89,7 @@ def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
                         optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, seed=cfg.SEED,
                         fail_stage=cfg.FAIL_STAGE, fail_epoch=cfg.FAIL_EPOCH, fail_mode=cfg.FAIL_MODE,
                         run_dir=str(run.path) if run is not None else None, checkpoint_every=cfg.CHECKPOINT_EVERY,
-                        augment=common.augmenting(cfg, data.info))
+                        augment=augmenting(cfg, data.info))
     t0 = time.perf_counter()
     out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), dcfg), threads=cfg.THREADS,
                  max_restarts=cfg.MAX_RESTARTS)
@@ -138,23 +124,21 @@ def _finish(run, name, series, result):
     plotting.curves(run.file(f"{name}.png"),
                     {label: {"epoch": h["epoch"], "loss": h["loss"],
                              "module cosine": [sum(c) / len(c) for c in h["sg_cos"]]} for label, h in series.items()})
-    common.emit_result({**result, "run_dir": str(run.path)})
+    emit_result({**result, "run_dir": str(run.path)})
 
 
-def _open(script, cfg, stages_of, steps=("STEP",), serial=True):
-    """The constants (a resumed run's own), data, run directory and latest checkpoint."""
-    cfg, resume_path = common.resume_constants(script, cfg)
-    stages = stages_of(cfg)
-    meta, arch, device = _setup(cfg, stages=stages, steps=steps)
-    data = common.load_data(cfg, device if serial else None)
-    run, state = None, None
-    if serial or common.is_main_process():
-        extra = {"device": str(device), "architecture": arch} if serial else {"architecture": arch, "stages": stages}
-        run = common.RunDir(script, cfg, extra=extra, path=resume_path)
-        state = common.load_checkpoint(run.path) if resume_path else None
-        for stage in range(stages if resume_path and not serial else 0):  # the stages read theirs
-            common.load_checkpoint(run.path, f"stage{stage}", quiet=True)
-    return cfg, stages, meta, arch, device, data, run, state
+def _stages(cfg):
+    """Under torchrun the world size is the number of sub-networks."""
+    return cfg.replace(M=world_size_for(cfg.M))
+
+
+def _open(script, cfg, serial=True):
+    """``open_run`` for the four scripts; the distributed ones check every stage's
+    checkpoint of a resumed run before launching (one line for a damaged one)."""
+    o = open_run(script, cfg, adjust=None if serial else _stages, device_data=serial)
+    for stage in range(o.cfg.M if o.run is not None and o.cfg.RESUME and not serial else 0):
+        load_checkpoint(o.run.path, f"stage{stage}", quiet=True)
+    return o
 
 
 def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
@@ -162,7 +146,7 @@ def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
     cnet = complex_net(cfg, meta, arch, stages, cfg.N, cfg.STEP_C).to(data.x_train.device)
     if split is not None:
         cnet = split(cnet)
-    saver = common.Checkpointer(run and run.path, cfg, cfg.EPOCHS_C, wrap=phases.wrap("coarse"))
+    saver = Checkpointer(run and run.path, cfg, cfg.EPOCHS_C, wrap=phases.wrap("coarse"))
     hist, res = _serial(cnet, data, cfg, epochs=cfg.EPOCHS_C, lr=cfg.LEARN_RATE_C, true_gradients=True,
                         tag="coarse ", resume=phases.get("coarse"), on_epoch_end=saver)
     return cnet, hist, res
@@ -170,12 +154,13 @@ def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
 
 def standard(script, cfg):
     """Serial synthetic-gradient training with the original's theoretical parallel time."""
-    cfg, _, meta, arch, device, data, run, state = _open(script, cfg, lambda c: c.M)
-    cnet = complex_net(cfg, meta, arch, cfg.M, cfg.N, cfg.STEP).to(device)
-    print(f"synthetic gradients, serial: {cfg.M} x {cfg.N} layers of {arch} on {meta.name}; results in {run.path}")
-    common.describe(cnet.net)
-    hist, result = _serial(cnet, data, cfg, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, resume=state,
-                           on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS))
+    o = _open(script, cfg)
+    cfg, run = o.cfg, o.run
+    cnet = complex_net(cfg, o.meta, o.arch, cfg.M, cfg.N, cfg.STEP).to(o.device)
+    print(f"synthetic gradients, serial: {cfg.M} x {cfg.N} layers of {o.arch} on {o.meta.name}; results in {run.path}")
+    describe(cnet.net)
+    hist, result = _serial(cnet, o.data, cfg, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, resume=o.state,
+                           on_epoch_end=Checkpointer(run.path, cfg, cfg.EPOCHS))
     print(f"test acc {result['test_acc']:.4f}; time {result['train_time_s']:.1f}s, "
           f"theoretical parallel time {result['theoretical_time_s']:.1f}s")
     _finish(run, "sg", {"synthetic gradients": hist}, result)
@@ -183,19 +168,21 @@ def standard(script, cfg):
 
 def multilevel(script, cfg):
     """Coarse with true gradients (modules learning), prolong, fine with synthetic gradients."""
-    cfg, _, meta, arch, device, data, run, state = _open(script, cfg, lambda c: c.M, steps=("STEP_C", "STEP_F"))
-    print(f"multilevel: {cfg.M} x {cfg.N} -> {cfg.M} x {2 * cfg.N} layers of {arch} on {meta.name}; "
+    o = _open(script, cfg)
+    cfg, run, data = o.cfg, o.run, o.data
+    print(f"multilevel: {cfg.M} x {cfg.N} -> {cfg.M} x {2 * cfg.N} layers of {o.arch} on {o.meta.name}; "
           f"results in {run.path}")
-    phases = common.PhaseStates(state)
-    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, cfg.M, run, phases)
+    phases = PhaseStates(o.state)
+    cnet, coarse_hist, coarse = _coarse(cfg, o.meta, o.arch, data, cfg.M, run, phases)
     fine_net = cnet.prolong(cfg.PROLONG, h=cfg.STEP_F)
+    describe(fine_net.net)
     fine_hist, fine = _serial(fine_net, data, cfg, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, tag="fine ",
                               resume=phases.get("fine"),
-                              on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS_F, wrap=phases.wrap("fine")))
-    scratch_net = complex_net(cfg, meta, arch, cfg.M, 2 * cfg.N, cfg.STEP_F).to(device)
+                              on_epoch_end=Checkpointer(run.path, cfg, cfg.EPOCHS_F, wrap=phases.wrap("fine")))
+    scratch_net = complex_net(cfg, o.meta, o.arch, cfg.M, 2 * cfg.N, cfg.STEP_F).to(o.device)
     scratch_hist, scratch = _serial(
         scratch_net, data, cfg, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, tag="scratch ", resume=phases.get("scratch"),
-        on_epoch_end=common.Checkpointer(run.path, cfg, cfg.EPOCHS_F, wrap=phases.wrap("scratch")))
+        on_epoch_end=Checkpointer(run.path, cfg, cfg.EPOCHS_F, wrap=phases.wrap("scratch")))
     total = coarse["train_time_s"] + fine["train_time_s"]
     print(f"\n{'':<22} {'test acc':>8} {'time (s)':>9}\n{'coarse':<22} {coarse['test_acc']:>8.4f} "
           f"{coarse['train_time_s']:>9.1f}\n{'fine (prolonged)':<22} {fine['test_acc']:>8.4f} "
@@ -209,42 +196,44 @@ def multilevel(script, cfg):
 
 def distributed(script, cfg):
     """Each sub-network in its own process; one RESULT from rank 0."""
-    cfg, stages, meta, arch, _, data, run, _ = _open(script, cfg, lambda c: world_size_for(c.M), serial=False)
-    cnet = complex_net(cfg, meta, arch, stages, cfg.N, cfg.STEP)
-    main_rank = run is not None
-    if main_rank:
-        print(f"synthetic gradients, {stages} processes: {stages} x {cfg.N} layers of {arch} on {meta.name}; "
+    o = _open(script, cfg, serial=False)
+    cfg, run, data, stages = o.cfg, o.run, o.data, o.cfg.M
+    cnet = complex_net(cfg, o.meta, o.arch, stages, cfg.N, cfg.STEP)
+    if run is not None:
+        print(f"synthetic gradients, {stages} processes: {stages} x {cfg.N} layers of {o.arch} on {o.meta.name}; "
               f"results in {run.path}", flush=True)
-        common.describe(cnet.net)
+        describe(cnet.net)
     cnet, split = _split(cfg, cnet, data, stages, run)
     hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run)
-    if main_rank:
-        print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
-              f"(this launch {result['wall_time_s']:.1f}s, process start-up included)")
-        _report_profile(run, result, "distributed synthetic gradients")
-        result.update(layers_per_stage=split["layers_per_stage"], split=split,
-                      busy_fraction=[p["busy_fraction"] for p in result["profile"]])
-        _finish(run, "dist_sg", {"distributed": hist}, result)
+    if run is None:
+        return
+    print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
+          f"(this launch {result['wall_time_s']:.1f}s, process start-up included)")
+    _report_profile(run, result, "distributed synthetic gradients")
+    result.update(layers_per_stage=split["layers_per_stage"], split=split,
+                  busy_fraction=[p["busy_fraction"] for p in result["profile"]])
+    _finish(run, "dist_sg", {"distributed": hist}, result)
 
 
 def distributed_multilevel(script, cfg):
     """Coarse stage as in the multilevel script, then distributed fine training."""
-    cfg, stages, meta, arch, _, data, run, state = _open(script, cfg, lambda c: world_size_for(c.M),
-                                                         steps=("STEP_C", "STEP_F"), serial=False)
-    main_rank = run is not None
-    if main_rank:
+    o = _open(script, cfg, serial=False)
+    cfg, run, data, stages = o.cfg, o.run, o.data, o.cfg.M
+    if run is not None:
         print(f"multilevel, fine stage on {stages} processes: {stages} x {cfg.N} -> {stages} x {2 * cfg.N} "
-              f"layers of {arch} on {meta.name}; results in {run.path}", flush=True)
+              f"layers of {o.arch} on {o.meta.name}; results in {run.path}", flush=True)
     chosen = {}
 
     def split(cnet):
         cnet, chosen["split"] = _split(cfg, cnet, data, stages, run, fine=True)
         return cnet
 
-    cnet, coarse_hist, coarse = _coarse(cfg, meta, arch, data, stages, run, common.PhaseStates(state), split)
+    cnet, coarse_hist, coarse = _coarse(cfg, o.meta, o.arch, data, stages, run, PhaseStates(o.state), split)
     fine_net = cnet.prolong(cfg.PROLONG, h=cfg.STEP_F)
+    if run is not None:
+        describe(fine_net.net)
     fine_hist, fine = _distributed(fine_net, data, cfg, stages, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, run=run)
-    if not main_rank:
+    if run is None:
         return
     _report_profile(run, fine, "fine network, distributed synthetic gradients")
     total = coarse["train_time_s"] + fine["train_time_s"]

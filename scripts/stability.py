@@ -17,8 +17,12 @@ import torch  # noqa: E402
 from models import MODELS  # noqa: E402
 from models import stability as st  # noqa: E402
 from models.training import mean_loss  # noqa: E402
-from scripts import common, plotting  # noqa: E402
-from scripts.architecture import build, train  # noqa: E402
+from scripts import plotting  # noqa: E402
+from scripts.architecture import lowest, train  # noqa: E402
+from scripts.constants import configure  # noqa: E402
+from scripts.entry import run  # noqa: E402
+from scripts.experiment import build, open_run  # noqa: E402
+from scripts.rundir import emit_result  # noqa: E402
 
 DATASET = "DIGITS"  # ELLIPSE, SWISS, DIGITS, MNIST, FASHION or CIFAR10 (dense networks)
 DEPTHS = "4,8,16,32,64"  # depths N of the sweep, comma-separated; h = FINAL_TIME / N
@@ -45,21 +49,8 @@ DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
 
 
-
-
 def _depths(cfg):
-    try:
-        depths = sorted({int(d) for d in str(cfg.DEPTHS).split(",") if d.strip()})
-    except ValueError:
-        raise common.UsageError(f"DEPTHS must be comma-separated integers, got {cfg.DEPTHS!r}") from None
-    common.check(depths and depths[0] >= 1, f"DEPTHS must hold layer counts >= 1, got {cfg.DEPTHS!r}")
-    common.check(cfg.SPECTRA_DEPTH in depths, f"SPECTRA_DEPTH {cfg.SPECTRA_DEPTH} is not one of DEPTHS {depths}")
-    for name in ("FINAL_TIME", "PHASE_STEP"):
-        common.check(getattr(cfg, name) > 0, f"{name} must be > 0, got {getattr(cfg, name)}")
-    for name, low in (("SAMPLES", 2), ("POWER_ITERATIONS", 1), ("SINGULAR_POINTS", 2), ("SPECTRA_SAMPLES", 1),
-                      ("PHASE_LAYERS", 1), ("PHASE_GRID", 2)):
-        common.check(getattr(cfg, name) >= low, f"{name} must be >= {low}, got {getattr(cfg, name)}")
-    return depths
+    return sorted({int(d) for d in str(cfg.DEPTHS).split(",") if d.strip()})  # checked by scripts.constants
 
 
 def _probe(model, x, cfg):
@@ -86,16 +77,17 @@ def phase_plane(cfg):
 
 
 def run_stability(script_file, cfg):
+    """Validate -> load -> for every architecture and depth: build, probe, train, probe ->
+    report (four figures; RESULT's train_acc and test_acc are the lowest over the
+    architectures and depths, train_time_s the sum)."""
+    o = open_run(script_file, cfg.replace(CONV=False))  # dense networks; every architecture below
+    cfg, meta, device, data, run = o.cfg, o.meta, o.device, o.data, o.run
     depths = _depths(cfg)
-    cfg = cfg.replace(CHOICE="resnet", CONV=False, N=depths[0], STEP=cfg.FINAL_TIME / depths[0])
-    meta, _, device = common.resolve(cfg)
-    data = common.load_data(cfg, device)
-    run = common.RunDir(script_file, cfg, extra={"device": str(device)})
     print(f"stability of the four architectures on {meta.name} (dense), depths {depths}, h = {cfg.FINAL_TIME}/N, "
           f"{cfg.EPOCHS} epochs each, on {device}; results in {run.path}")
     phase = phase_plane(cfg)
     x_probe, x_spec = data.x_test[:cfg.SAMPLES], data.x_test[:cfg.SPECTRA_SAMPLES]
-    probes, spectra, histories, results = {}, {}, {}, {}
+    probes, spectra, histories, results, trainings = {}, {}, {}, {}, {}
     print(f"\n{'architecture':<14} {'N':>4} {'h':>7} {'test acc':>8} {'train loss':>10} {'time (s)':>8} "
           f"{'growth init':>11} {'trained':>8} {'sigma init':>10} {'trained':>8}")
     for arch in MODELS:
@@ -108,6 +100,7 @@ def run_stability(script_file, cfg):
             if n == cfg.SPECTRA_DEPTH:
                 eig_init = st.step_eigenvalues(model, x_spec).cpu()
             history, res = train(cfg, model, data, None)
+            trainings[f"{arch} N={n}"] = res
             after = _probe(model, x_probe, cfg)
             if n == cfg.SPECTRA_DEPTH:
                 spectra[arch] = {"init": eig_init, "trained": st.step_eigenvalues(model, x_spec).cpu()}
@@ -140,13 +133,13 @@ def run_stability(script_file, cfg):
     plotting.spectra_figure(run.file("spectra.png"), spectra, cfg.SPECTRA_DEPTH)
     plotting.depth_figure(run.file("depth.png"), results, histories)
     print(f"figures: phase_plane.png, perturbation_growth.png, spectra.png, depth.png in {run.path}")
-    common.emit_result({"dataset": meta.name, "depths": depths, "final_time": cfg.FINAL_TIME, "results": results,
+    emit_result({"dataset": meta.name, **lowest(trainings), "depths": depths, "final_time": cfg.FINAL_TIME, "results": results,
                         "phase_plane": phase_growth, "run_dir": str(run.path)})
 
 
 def main(argv=None):
-    run_stability(__file__, common.configure(__file__, globals(), argv, __doc__))
+    run_stability(__file__, configure(__file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":
-    common.run(main)
+    run(main)

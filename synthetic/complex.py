@@ -78,8 +78,11 @@ class ComplexNet(nn.Module):
                 other.sg[k] = self.sg[k]
         return other
 
-    def layers_per_stage(self):
-        return [b - a for a, b in self.bounds]
+
+
+def layers_per_stage(bounds):
+    """The number of layers of each stage of a split [(a_0, b_0), (a_1, b_1), ...]."""
+    return [b - a for a, b in bounds]
 
 
 def input_grads(inputs):

@@ -58,17 +58,8 @@ class DistSGConfig:
 
 def _stage_checkpoints(run_dir, rank, device):
     """{epoch: state} of the intact checkpoints of one stage (the latest and the previous)."""
-    found = {}
-    for path in checkpoint.paths(run_dir, f"stage{rank}"):
-        if path.exists():
-            try:
-                state = checkpoint.read(path, map_location=device)
-            except checkpoint.CheckpointError:
-                raise
-            except Exception:  # truncated or damaged: the other one may do
-                continue
-            found[int(state["epoch"])] = state
-    return found
+    found, _ = checkpoint.intact(run_dir, f"stage{rank}", map_location=device)
+    return {int(state["epoch"]): state for state, _ in found}
 
 
 def _common_epoch(run_dir, rank, world, device):

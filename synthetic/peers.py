@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.batching import batches
+from datasets.batching import epoch_batches
 from models.base import split_layers
 from models.training import make_optimizer, sync
 
@@ -63,11 +63,6 @@ class Piece(nn.Module):
         return self.net.range_parameters(self.a, self.b)
 
 
-def epoch_batches(data, cfg, epoch):
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    return batches(data.x_train, data.y_train, cfg.batch_size, generator=gen)
-
-
 def ddp_worker(ctx, net, data, cfg: PeerConfig):
     """Data parallel: each rank runs the whole network on its share of every batch."""
     from torch.nn.parallel import DistributedDataParallel
@@ -80,7 +75,7 @@ def ddp_worker(ctx, net, data, cfg: PeerConfig):
     dist.barrier()
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        for xb, yb in epoch_batches(data, cfg, epoch):
+        for xb, yb in epoch_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, epoch):
             share = slice(ctx.rank, None, ctx.world_size)  # equal shares: the mean of means is the batch mean
             loss = F.cross_entropy(model(xb[share]), yb[share])
             opt.zero_grad(set_to_none=True)
@@ -113,7 +108,7 @@ def pipeline_worker(ctx, net, data, cfg: PeerConfig):
     dist.barrier()
     t0 = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        for xb, yb in epoch_batches(data, cfg, epoch):
+        for xb, yb in epoch_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, epoch):
             if len(yb) % cfg.microbatches:
                 raise ValueError(f"a batch of {len(yb)} does not split into {cfg.microbatches} micro-batches")
             if i == 0:

@@ -60,13 +60,13 @@ def refused(name, *args):
     import importlib
     import io
 
-    from scripts import common
+    from scripts.entry import run
 
     module = importlib.import_module(f"scripts.{name}")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            common.run(module.main, [str(a) for a in args])
+            run(module.main, [str(a) for a in args])
         except SystemExit as exc:
             return exc.code, err.getvalue()
     return 0, err.getvalue()

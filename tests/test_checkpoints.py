@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models import checkpoint
-from tests.helpers import ROOT, leftover_processes, result_of, run_script
+from tests.helpers import ROOT, leftover_processes, refused, result_of, run_script
 
 
 def same_tensors(a, b):
@@ -101,11 +101,17 @@ def test_a_truncated_checkpoint_resumes_from_the_previous_one(tmp_path):
     assert history["epoch"] == [1, 2, 3, 4]
 
 
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    """A finished 2-epoch verletTest run on DIGITS, to resume."""
-    return result_of(run_script("verletTest", "--dataset", "DIGITS", "--n", 2, "--epochs", 2,
-                                "--results-dir", tmp_path_factory.mktemp("short")))["run_dir"]
+@pytest.fixture
+def short_run(tmp_path):
+    """The run directory of a 2-epoch verletTest run on DIGITS (its config.json, as the run
+    writes it), to resume: refusals happen before anything is trained."""
+    from scripts import verletTest
+    from scripts.constants import configure
+    from scripts.rundir import RunDir
+
+    cfg = configure(verletTest.__file__, vars(verletTest), ["--dataset", "DIGITS", "--n", "2", "--epochs", "2",
+                                                            "--results-dir", str(tmp_path)])
+    return str(RunDir(verletTest.__file__, cfg).path)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -114,20 +120,17 @@ def short_run(tmp_path_factory):
     (["--epochs", 1], "RESUME: EPOCHS may grow, not shrink (2 -> 1)"),
 ])
 def test_changing_the_network_or_data_on_resume_exits_2(short_run, args, message):
-    proc = run_script("verletTest", "--resume", short_run, *args)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert message in proc.stderr
+    code, err = refused("verletTest", "--resume", short_run, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
-def test_resuming_an_unsafe_or_missing_run_exits_2_with_one_line(tmp_path):
-    proc = run_script("verletTest", "--resume", tmp_path / "nope")
-    assert proc.returncode == 2 and "is not a run directory" in proc.stderr
-    part = result_of(run_script("verletTest", "--dataset", "DIGITS", "--n", 1, "--epochs", 1,
-                                "--checkpoint-every", 0, "--results-dir", tmp_path))
-    torch.save({"epoch": 1, "thing": NotPlainData()}, os.path.join(part["run_dir"], "checkpoint.pt"))
-    proc = run_script("verletTest", "--resume", part["run_dir"])
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "objects other than tensors and plain values" in proc.stderr
+def test_resuming_an_unsafe_or_missing_run_exits_2_with_one_line(tmp_path, short_run):
+    code, err = refused("verletTest", "--resume", tmp_path / "nope")
+    assert code == 2 and "is not a run directory" in err
+    torch.save({"epoch": 1, "thing": NotPlainData()}, os.path.join(short_run, "checkpoint.pt"))
+    code, err = refused("verletTest", "--resume", short_run)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "objects other than tensors and plain values" in err
 
 
 # ---- restarts: torchrun and the scripts' own elastic launcher --------------------------
@@ -192,3 +195,53 @@ def test_a_worker_failing_once_is_restarted_and_the_run_ends_as_an_unfaulted_one
         assert res["test_acc"] == clean["test_acc"] and res["train_acc"] == clean["train_acc"]
     else:  # the pipeline's module updates depend on message timing, in any two runs
         assert abs(res["test_acc"] - clean["test_acc"]) <= 0.03
+
+
+# ---- a run killed at any moment leaves whole files -------------------------------------
+
+def _is_whole(path):
+    """Load a run directory's file by its kind; raises if it is truncated or damaged."""
+    if path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".pt":
+        torch.load(path, weights_only=True)
+    elif path.suffix == ".png":
+        import matplotlib.image
+
+        matplotlib.image.imread(path)
+    else:
+        assert path.name.startswith(".launch-") or path.name.startswith("."), path
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_a_random_moment_leaves_every_file_whole(tmp_path):
+    """SIGKILL a short run (a checkpoint every epoch, metrics, weights and a figure at the
+    end) at random moments; every file it left loads, and a resume of it finishes."""
+    import random
+    import signal
+
+    rng = random.Random(os.getpid())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    checked = 0
+    for attempt in range(3):
+        results = tmp_path / str(attempt)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "verletTest.py"), "--dataset", "DIGITS",
+                                 "--n", "2", "--epochs", "6", "--results-dir", str(results)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+        for line in proc.stdout:  # the run directory exists once this line is out
+            if "results in" in line:
+                break
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (run_dir,) = (results / "verletTest").iterdir()
+        for path in run_dir.iterdir():
+            if not path.name.endswith(".tmp"):  # an unfinished temporary: never read, removed on resume
+                _is_whole(path)
+                checked += 1
+        if (run_dir / "checkpoint.pt").exists():
+            result_of(run_script("verletTest", "--resume", run_dir))
+            assert not list(run_dir.glob(".*.tmp"))
+            for path in run_dir.iterdir():
+                _is_whole(path)
+    assert checked >= 3

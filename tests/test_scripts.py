@@ -7,10 +7,11 @@ from tests.helpers import refused, result_of, run_script
 from tests.test_data import write_mnist
 
 
+@pytest.mark.slow
 def test_verlet_script_on_digits_writes_its_run_directory(tmp_path):
     proc = run_script("verletTest", "--dataset", "DIGITS", "--epochs", 2, "--results-dir", tmp_path)
     res = result_of(proc)
-    assert 0 <= res["train_acc"] <= 1 and 0.5 < res["test_acc"] <= 1 and res["train_time_s"] > 0
+    assert res["train_acc"] > 0.5 and res["test_acc"] > 0.5 and res["train_time_s"] > 0
     assert "epoch    2" in proc.stdout
     run = tmp_path / "verletTest"
     (run_dir,) = run.iterdir()
@@ -27,8 +28,10 @@ def test_verlet_script_on_digits_writes_its_run_directory(tmp_path):
 def test_toy_scripts_train_all_four_and_draw_them(tmp_path, script):
     res = result_of(run_script(script, "--epochs", 3, "--n", 3, "--results-dir", tmp_path))
     assert set(res["results"]) == {"resnet", "antisymmetric", "verlet", "leapfrog"}
-    for r in res["results"].values():
-        assert 0 <= r["test_acc"] <= 1 and r["train_time_s"] > 0
+    results = res["results"].values()
+    assert res["test_acc"] == min(r["test_acc"] for r in results) and res["train_acc"] == min(
+        r["train_acc"] for r in results)
+    assert res["train_time_s"] == pytest.approx(sum(r["train_time_s"] for r in results)) and res["train_time_s"] > 0
     (run_dir,) = (tmp_path / script).iterdir()
     assert (run_dir / f"{script}.png").stat().st_size > 10000
 
@@ -76,11 +79,18 @@ def test_bad_values_exit_2_with_one_line(tmp_path, monkeypatch, args, message):
     ("swiss", ["--dataset", "ELLIPSE", "--epochs", 1, "--n", 2]),
 ])
 def test_a_dataset_chosen_on_the_command_line_needs_no_other_change(tmp_path, script, args):
-    res = result_of(run_script(script, *args, "--results-dir", tmp_path))
-    assert res
+    from scripts.rundir import RESULT_KEYS
+
+    chosen = args[args.index("--dataset") + 1]
+    proc = run_script(script, *args, "--results-dir", tmp_path)
+    res = result_of(proc)
+    assert set(RESULT_KEYS) <= set(res) and res["train_time_s"] > 0
+    (run_dir,) = (tmp_path / script).iterdir()
+    assert json.loads((run_dir / "config.json").read_text())["constants"]["DATASET"] == chosen
+    assert chosen in proc.stdout.splitlines()[0] and (run_dir / "metrics.json").is_file()
 
 
 def test_toy_scripts_refuse_image_sets_with_one_line(tmp_path):
-    proc = run_script("ellipse", "--dataset", "DIGITS", "--results-dir", tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: this script trains on the toy sets ELLIPSE or SWISS, got DIGITS"
+    code, err = refused("ellipse", "--dataset", "DIGITS", "--results-dir", tmp_path)
+    assert code == 2
+    assert err.strip() == "error: this script trains on the toy sets ELLIPSE or SWISS, got DIGITS"

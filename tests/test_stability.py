@@ -4,7 +4,7 @@ import torch
 
 from models import MODELS, build_model
 from models import stability as st
-from tests.helpers import result_of, run_script
+from tests.helpers import refused, result_of, run_script
 
 ARCHS = list(MODELS)
 
@@ -112,6 +112,9 @@ def test_stability_script_writes_its_four_figures(tmp_path):
         assert set(r["growth_init"]) == set(r["growth_trained"]) == set(r["accuracy_by_depth"]) == {"2", "4"}
         assert r["max_abs_step_eigenvalue"] > 0
     assert set(res["phase_plane"]) == set(st.PHASE_KS)
+    assert res["test_acc"] == min(a for r in res["results"].values() for a in r["accuracy_by_depth"].values())
+    assert res["train_time_s"] == pytest.approx(sum(t for r in res["results"].values()
+                                                    for t in r["time_by_depth"].values()))
     (run_dir,) = (tmp_path / "stability").iterdir()
     for name in ("phase_plane", "perturbation_growth", "spectra", "depth"):
         assert (run_dir / f"{name}.png").stat().st_size > 10000
@@ -124,6 +127,5 @@ def test_stability_script_writes_its_four_figures(tmp_path):
     (["--final-time", "0"], "FINAL_TIME must be > 0"),
 ])
 def test_stability_script_bad_values_exit_2(tmp_path, args, message):
-    proc = run_script("stability", *args, "--results-dir", tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, err = refused("stability", *args, "--results-dir", tmp_path)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -210,7 +210,7 @@ def test_a_failing_stage_ends_the_run_without_leftovers(tmp_path, script):
 ])
 def test_sg_scripts_run_end_to_end(tmp_path, script, args):
     res = result_of(run_script(script, *args, "--results-dir", tmp_path))
-    assert 0 <= res["train_acc"] <= 1 and 0.3 < res["test_acc"] <= 1 and res["train_time_s"] > 0
+    assert res["train_acc"] > 0.3 and res["test_acc"] > 0.3 and res["train_time_s"] > 0
     if script in ("run_standard_sg", "testParallelNet"):
         assert 0 < res["theoretical_time_s"]
     (run_dir,) = (tmp_path / script).iterdir()

@@ -9,12 +9,12 @@ from models.training import DivergenceError, evaluate, fit
 torch.set_num_threads(1)
 
 
-def train(arch, name, *, n_layers, h, epochs, lr, batch_size, width=None, conv=False, seed=0):
+def train(arch, name, *, n_layers, h, epochs, lr, batch_size, width=None, conv=False, seed=0, lr_step=0):
     data = datasets.load(name, seed=seed)
     torch.manual_seed(seed)
     model = build_model(arch, data.info.shape, data.info.classes, n_layers, h, width=width, conv=conv,
                         channels=4)
-    fit(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    fit(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, lr_step=lr_step)
     return model, evaluate(model, data.x_test, data.y_test)
 
 
@@ -26,7 +26,7 @@ def test_every_architecture_learns_the_ellipses(arch):
 
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_every_architecture_learns_the_swiss_roll(arch):
-    _, acc = train(arch, "SWISS", n_layers=10, h=0.5, epochs=150, lr=0.01, batch_size=50, width=8)
+    _, acc = train(arch, "SWISS", n_layers=10, h=0.5, epochs=150, lr=0.01, batch_size=50, width=8, lr_step=50)
     assert acc >= 0.95
 
 

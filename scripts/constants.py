@@ -1,0 +1,268 @@
+"""A script's constants: read from its UPPERCASE lines, overridden on the command line,
+and checked, each constant in one place (``CHECKS``).  A bad value raises UsageError,
+which the entry point reports on one line with exit status 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+_CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*#\s*(.*)$")
+TRUE, FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
+
+
+class UsageError(Exception):
+    """A bad constant or argument: reported on one line, exit status 2."""
+
+
+def check(condition, message):
+    if not condition:
+        raise UsageError(message)
+
+
+class Config:
+    """The constants of one run, readable as attributes (cfg.EPOCHS); ``given`` names those
+    set on the command line."""
+
+    def __init__(self, values, given=()):
+        self.__dict__.update(values)
+        self._given = frozenset(given)
+
+    @property
+    def given(self):
+        return self._given
+
+    def as_dict(self):
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def replace(self, **changes):
+        return Config({**self.as_dict(), **changes}, self._given)
+
+
+# ---- the command line ------------------------------------------------------------------
+
+def _parse_bool(text):
+    low = str(text).strip().lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1/true/false, got {text!r}")
+
+
+def _typed(default):
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def constants_of(script_file, namespace):
+    """(name, default, comment) for each `NAME = value  # comment` line of a script."""
+    found = []
+    for line in Path(script_file).read_text().splitlines():
+        m = _CONSTANT.match(line)
+        if m and m.group(1) in namespace:
+            found.append((m.group(1), namespace[m.group(1)], m.group(3)))
+    return found
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
+def configure(script_file, namespace, argv=None, doc=None):
+    """The script's UPPERCASE constants, each overridable as --lower-name value."""
+    parser = _Parser(
+        prog=Path(script_file).name, description=(doc or "").strip().split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    given = _Parser(prog=Path(script_file).name, argument_default=argparse.SUPPRESS, add_help=False)
+    for name, default, comment in constants_of(script_file, namespace):
+        flag = "--" + name.lower().replace("_", "-")
+        parser.add_argument(flag, dest=name, type=_typed(default), default=default,
+                            metavar=type(default).__name__.upper(), help=comment.replace("%", "%%"))
+        given.add_argument(flag, dest=name, type=_typed(default))
+    values = vars(parser.parse_args(argv))
+    return Config(values, given=vars(given.parse_known_args(argv)[0]))
+
+
+# ---- values with a meaning beyond their type -------------------------------------------
+
+def int_list(text, name, what="positive integers"):
+    """"16,32,64" -> (16, 32, 64); UsageError naming ``name`` if it is not such a list."""
+    try:
+        values = tuple(int(c) for c in str(text).split(",") if c.strip())
+    except ValueError:
+        values = ()
+    check(values and min(values) >= 1, f"{name} must be {what} separated by commas, such as 16,32,64; "
+                                       f"got {text!r}")
+    return values
+
+
+def unit_channels(cfg):
+    """UNITS as a tuple of channel counts."""
+    return int_list(getattr(cfg, "UNITS", "8"), "UNITS", "channel counts")
+
+
+def augmenting(cfg, meta):
+    """Whether AUGMENT asks for random crops and flips: auto means on CIFAR-10 only (the
+    papers' practice), off for the digit and clothing sets."""
+    value = str(getattr(cfg, "AUGMENT", "0")).strip().lower()
+    return meta.name == "CIFAR10" if value == "auto" else value in TRUE
+
+
+# ---- validation: one check per constant ------------------------------------------------
+
+def _at_least(low, what=""):
+    def rule(name, value, cfg, meta):
+        check(value >= low, f"{name}{what} must be >= {low}, got {value}")
+    return rule
+
+
+def _positive(what=""):
+    def rule(name, value, cfg, meta):
+        check(value > 0, f"{name}{what} must be > 0, got {value}")
+    return rule
+
+
+def _one_of(valid):
+    def rule(name, value, cfg, meta):
+        choices = valid() if callable(valid) else valid
+        check(value in choices, f"unknown {name} {value!r}; valid: {', '.join(choices)}")
+    return rule
+
+
+def _layers(cfg):
+    """The layers of the whole network: N, times M for the synthetic-gradient scripts."""
+    return cfg.N * getattr(cfg, "M", 1)
+
+
+def _conv(name, value, cfg, meta):
+    import datasets
+
+    check(not value or meta.image,
+          f"CONV needs an image dataset; {meta.name} has {meta.features} plain features "
+          f"(image sets: {', '.join(n for n, i in datasets.INFO.items() if i.image)})")
+
+
+def _units(name, value, cfg, meta):
+    if not getattr(cfg, "CONV", False):
+        return
+    units = unit_channels(cfg)
+    check(_layers(cfg) >= len(units), f"UNITS has {len(units)} units but the network has {_layers(cfg)} layers "
+                                      "(at least one per unit)")
+    check(min(meta.shape[1:]) >> (len(units) - 1) >= 1,
+          f"UNITS: {len(units)} units pool the {meta.shape[1]}x{meta.shape[2]} images {len(units) - 1} times, "
+          "too many")
+
+
+def _augment(name, value, cfg, meta):
+    check(str(value).lower() in ("auto", *TRUE, *FALSE), f"AUGMENT must be auto, 1 or 0, got {value!r}")
+    check(not augmenting(cfg, meta) or meta.image, f"AUGMENT crops and flips images; {meta.name} has none")
+
+
+def _data_root(name, value, cfg, meta):
+    root = Path(value)
+    check(not meta.needs_files or not root.exists() or (root.is_dir() and os.access(root, os.R_OK | os.X_OK)),
+          f"DATA_ROOT {str(root)!r} is not a readable directory")
+
+
+def _num_proc(name, value, cfg, meta):
+    check(value >= 1, f"NUM_PROC must be >= 1, got {value}")
+    check(value <= cfg.N, f"NUM_PROC ({value}) cannot exceed the number of layers N ({cfg.N})")
+
+
+def _depths(name, value, cfg, meta):
+    try:
+        depths = sorted({int(d) for d in str(value).split(",") if d.strip()})
+    except ValueError:
+        raise UsageError(f"DEPTHS must be comma-separated integers, got {value!r}") from None
+    check(depths and depths[0] >= 1, f"DEPTHS must hold layer counts >= 1, got {value!r}")
+
+
+def _spectra_depth(name, value, cfg, meta):
+    depths = sorted({int(d) for d in str(cfg.DEPTHS).split(",") if d.strip()})
+    check(value in depths, f"SPECTRA_DEPTH {value} is not one of DEPTHS {depths}")
+
+
+def _names(module, attribute):
+    def valid():
+        import importlib
+
+        return tuple(getattr(importlib.import_module(module), attribute))
+    return valid
+
+
+CHECKS = {
+    "N": _at_least(1, " (layers)"),
+    "STEP": _positive(" (the step size h)"),
+    "STEP_C": _positive(" (the step size h)"),
+    "STEP_F": _positive(" (the step size h)"),
+    "BATCH_SIZE": _at_least(1),
+    "EPOCHS": _at_least(0),
+    "EPOCHS_C": _at_least(0),
+    "EPOCHS_F": _at_least(0),
+    "LEARN_RATE": _positive(),
+    "LEARN_RATE_C": _positive(),
+    "LEARN_RATE_F": _positive(),
+    "LR_STEP": _at_least(0),
+    "ACTIVATION": _one_of(_names("models", "ACTIVATIONS")),
+    "GAMMA": _at_least(0),
+    "OPTIMIZER": _one_of(_names("models.training", "OPTIMIZERS")),
+    "WIDTH": _at_least(0),
+    "CONV": _conv,
+    "UNITS": _units,
+    "AUGMENT": _augment,
+    "DATA_ROOT": _data_root,
+    "ELLIPSE_POINTS": _at_least(1),
+    "THREADS": _at_least(0),
+    "CHECKPOINT_EVERY": _at_least(0),
+    "MAX_RESTARTS": _at_least(0),
+    "FAIL_MODE": _one_of(("raise", "kill")),
+    # synthetic gradients
+    "M": _at_least(2, " (sub-networks)"),
+    "SG_MODULE": _one_of(_names("synthetic.modules", "SG_MODULES")),
+    "SG_LEARN_RATE": _positive(),
+    "PROLONG": _one_of(_names("models", "PROLONG_METHODS")),
+    "BALANCE": _one_of(_names("synthetic.balance", "BALANCE_MODES")),
+    "MAX_IN_FLIGHT": _at_least(1),
+    # PVD
+    "NUM_PROC": _num_proc,
+    "ITERATIONS": _at_least(1),
+    "SYNC": _one_of(_names("pvd.algorithm", "SYNC_RULES")),
+    # stability
+    "DEPTHS": _depths,
+    "SPECTRA_DEPTH": _spectra_depth,
+    "FINAL_TIME": _positive(),
+    "PHASE_STEP": _positive(),
+    "SAMPLES": _at_least(2),
+    "POWER_ITERATIONS": _at_least(1),
+    "SINGULAR_POINTS": _at_least(2),
+    "SPECTRA_SAMPLES": _at_least(1),
+    "PHASE_LAYERS": _at_least(1),
+    "PHASE_GRID": _at_least(2),
+}
+
+
+def validate(cfg):
+    """Check every constant the script has; return (DataInfo, architecture name, device)."""
+    import datasets
+    from models import model_name
+    from models.training import pick_device
+
+    try:
+        meta = datasets.info(cfg.DATASET)
+        arch = model_name(getattr(cfg, "CHOICE", "resnet"))
+        device = pick_device(getattr(cfg, "DEVICE", "auto"))
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+    values = cfg.as_dict()
+    for name, rule in CHECKS.items():
+        if name in values:
+            rule(name, values[name], cfg, meta)
+    return meta, arch, device

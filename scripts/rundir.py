@@ -1,0 +1,106 @@
+"""A run's directory, results/<script>/<timestamp>/: config.json (every constant, the
+versions, the git commit), metrics.json, figures, weights and checkpoints, every file
+written atomically (models.files); and the RESULT line that ends every script."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from models import files
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def restart_marker(script_file, cfg):
+    """Under torchrun: the file naming this launch's run directory, so that the workers a
+    restart brings up (TORCHELASTIC_RESTART_COUNT > 0) continue the same run.  Keyed by the
+    rendezvous id (--rdzv-id, unique per job across machines); where torchrun has none
+    (a plain single-machine launch), by the launching agent's process id as well, which is
+    fixed across restarts."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    key = run_id if run_id not in ("", "none") else f"{run_id}-{os.getppid()}"
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    return Path(getattr(cfg, "RESULTS_DIR", "results")) / Path(script_file).stem / f".launch-{key}"
+
+
+class RunDir:
+    """results/<script>/<timestamp>/ with config.json, metrics.json and figures; ``path``
+    reopens an existing run directory (a resumed run) and records the resumption."""
+
+    def __init__(self, script_file, cfg, extra=None, path=None):
+        if path is not None:
+            self.path = Path(path)
+            for stale in self.path.glob(".*.tmp"):  # a write the killed run did not finish
+                stale.unlink(missing_ok=True)
+            config = json.loads((self.path / "config.json").read_text())
+            config["constants"] = cfg.as_dict()
+            config.setdefault("resumed", []).append({"at": _dt.datetime.now().isoformat(timespec="seconds"),
+                                                     "argv": sys.argv, "git_commit": git_commit()})
+            files.write_json(self.path / "config.json", config)
+            return
+        base = Path(getattr(cfg, "RESULTS_DIR", "results")) / Path(script_file).stem / \
+            _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, k = base, 1
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                break
+            except FileExistsError:
+                k += 1
+                path = base.with_name(f"{base.name}-{k}")
+        self.path = path
+        config = {"constants": cfg.as_dict(), "seed": getattr(cfg, "SEED", None),
+                  "torch": torch.__version__, "python": platform.python_version(),
+                  "platform": platform.platform(), "git_commit": git_commit(),
+                  "argv": sys.argv, "cpu_count": os.cpu_count(), **(extra or {})}
+        files.write_json(path / "config.json", config)
+        marker = restart_marker(script_file, cfg)
+        if marker is not None:  # torchrun: a restart of this launch continues this run
+            files.write_text(marker, str(path))
+
+    def save_json(self, name, obj):
+        files.write_json(self.path / name, obj)
+
+    def save_weights(self, name, state_dict):
+        files.save_torch(self.path / name, state_dict)
+
+    def file(self, name):
+        return self.path / name
+
+
+def is_main_process():
+    """False only on the non-zero ranks of a torchrun launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# Keys every script's RESULT carries.
+RESULT_KEYS = ("train_acc", "test_acc", "train_time_s", "run_dir")
+
+
+def emit_result(result):
+    """The last line of every script: RESULT followed by one JSON object holding at least
+    RESULT_KEYS."""
+    missing = [k for k in RESULT_KEYS if k not in result]
+    if missing:
+        raise ValueError(f"a RESULT lacks {', '.join(missing)}")
+    print("RESULT " + json.dumps(result, default=float), flush=True)
