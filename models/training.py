@@ -84,12 +84,12 @@ class Progress:
     def __init__(self, total, desc="", every=20):
         self.bar, self.every, self.n = progress_bar(total, desc), every, 0
 
-    def step(self, loss_sum, count):
+    def step(self, loss_sum=None, count=0):
         if self.bar is None:
             return
         self.n += 1
         self.bar.update(1)
-        if self.n % self.every == 0:
+        if loss_sum is not None and self.n % self.every == 0:
             self.bar.set_postfix(loss=f"{float(loss_sum) / max(count, 1):.4f}", refresh=False)
 
     def close(self):

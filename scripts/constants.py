@@ -231,6 +231,9 @@ CHECKS = {
     "PROLONG": _one_of(_names("models", "PROLONG_METHODS")),
     "BALANCE": _one_of(_names("synthetic.balance", "BALANCE_MODES")),
     "MAX_IN_FLIGHT": _at_least(1),
+    "RULE": _one_of(_names("synthetic.rules", "RULES")),
+    "SHRINK": _positive(),
+    "EXACT_EPOCHS": _at_least(0),
     # PVD
     "NUM_PROC": _num_proc,
     "ITERATIONS": _at_least(1),

@@ -1,9 +1,12 @@
-"""Distributed synthetic gradients: each sub-network in its own process.
+"""The pipeline: each sub-network in its own process, its rule RULE deciding what gradient it applies.
 
-Stage i receives activations and labels from stage i-1, sends its output on at once,
-steps on its synthetic gradient without waiting, and trains its module when the true
-gradient comes back (at most MAX_IN_FLIGHT batches later).  torch.distributed: gloo on
-CPU, NCCL when every stage has a GPU; started here or by torchrun --nproc-per-node M."""
+Stage i receives activations and labels from stage i-1 and sends its output on at once.
+With RULE = synthetic it steps on its module's synthetic gradient without waiting and
+trains the module when the true gradient comes back (at most MAX_IN_FLIGHT batches
+later); exact waits for the true gradient (backprop), delayed applies it MAX_IN_FLIGHT
+batches late at the weights of its forward pass, replay at the current weights, local
+trains on a small classifier of the stage's own.  torch.distributed: gloo on CPU, NCCL
+when every stage has a GPU; started here or by torchrun --nproc-per-node M."""
 import pathlib
 import sys
 
@@ -25,13 +28,16 @@ GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 0  # dense state width, at least the input's features: smaller inputs are zero-padded to it
 UNITS = "8,16,32"  # conv: channels of each unit, joined by 3x3 conv + 2x2 pooling (one value: a single block)
+RULE = "synthetic"  # decoupling rule: exact, synthetic, delayed, replay or local (docs/DESIGN.md)
 SG_MODULE = "linear"  # synthetic-gradient module: linear, mlp1 or mlp2 (hidden layers)
 SG_LEARN_RATE = 1e-3  # learning rate of the modules (Adam)
+MAX_IN_FLIGHT = 1  # batches a stage may run ahead of its true gradients (delayed: the delay)
+SHRINK = 1.0  # delayed, replay: factor of the late gradient (FDG's shrinking; 1: none)
+EXACT_EPOCHS = 0  # the last EXACT_EPOCHS of EPOCHS use the exact rule (a hybrid finish)
 OPTIMIZER = "adam"  # optimiser of the sub-networks: adam or sgd
 BATCH_SIZE = 64  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0
 BALANCE = "cost"  # cuts: cost (stages of equal measured time per batch) or even (N layers per sub-network)
-MAX_IN_FLIGHT = 1  # batches a stage may run ahead of its true gradients
 THREADS = 0  # intra-op threads per process (0: the cores shared out)
 MAX_RESTARTS = 0  # restarts of the whole group after a failure, from the latest checkpoints (0: fail fast)
 FAIL_STAGE = -1  # testing aid: this stage fails at the first batch of FAIL_EPOCH (-1: none)

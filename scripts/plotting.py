@@ -207,6 +207,7 @@ def depth_figure(path, results, histories):
 
 
 TIMELINE_COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "module": "tab:green", "step": "tab:purple",
+                    "replay": "tab:cyan", "head": "tab:olive",
                     "send": "tab:grey", "wait input": "tab:red", "wait gradient": "gold"}
 
 

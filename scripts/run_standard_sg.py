@@ -1,8 +1,10 @@
-"""Synthetic gradients, serial: M sub-networks joined by gradient-predicting modules.
+"""Synthetic gradients, serial: M sub-networks as a pipeline whose stages take turns in one process.
 
-Per batch every sub-network but the last steps on its module's synthetic gradient and
-the modules regress on the true gradient at their cut.  Reports accuracy, the modules'
-error per epoch and the original's theoretical parallel time."""
+With RULE = synthetic every sub-network but the last steps on its module's synthetic
+gradient and the modules regress on the true gradient at their cut; the other rules
+(exact, delayed, replay, local) are those of distSg.py, run by the same code.  Reports
+accuracy, the modules' error per epoch and the theoretical parallel time (the busiest
+stage's compute)."""
 import pathlib
 import sys
 
@@ -24,8 +26,12 @@ GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 0  # dense state width, at least the input's features: smaller inputs are zero-padded to it
 UNITS = "8,16,32"  # conv: channels of each unit, joined by 3x3 conv + 2x2 pooling (one value: a single block)
+RULE = "synthetic"  # decoupling rule: exact, synthetic, delayed, replay or local (docs/DESIGN.md)
 SG_MODULE = "linear"  # synthetic-gradient module: linear, mlp1 or mlp2 (hidden layers)
 SG_LEARN_RATE = 1e-3  # learning rate of the modules (Adam)
+MAX_IN_FLIGHT = 1  # batches a stage may run ahead of its true gradients (delayed: the delay)
+SHRINK = 1.0  # delayed, replay: factor of the late gradient (FDG's shrinking; 1: none)
+EXACT_EPOCHS = 0  # the last EXACT_EPOCHS of EPOCHS use the exact rule (a hybrid finish)
 OPTIMIZER = "adam"  # optimiser of the sub-networks: adam or sgd
 BATCH_SIZE = 64  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0

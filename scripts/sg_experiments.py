@@ -6,17 +6,17 @@ import time
 
 import torch
 
-from models import PROLONG_METHODS, build_model, split_layers
+from models import build_model, split_layers
 from models.training import evaluate
 from scripts import plotting
 from scripts.experiment import augmenting, describe, model_kwargs, open_run
 from scripts.launch import default_threads, launch, pick_backend, world_size_for
 from scripts.resume import Checkpointer, PhaseStates, load_checkpoint
 from scripts.rundir import emit_result
-from synthetic import ComplexNet, train_serial
+from synthetic import ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import choose_bounds
 from synthetic.complex import layers_per_stage
-from synthetic.distributed import DistSGConfig, stage_worker
+from synthetic.distributed import stage_worker
 from synthetic.profile import profile_table
 
 
@@ -38,7 +38,7 @@ def balance(cfg, cnet, data, stages, *, fine=False):
     probe = cnet.net.prolong() if fine else cnet.net
     device = torch.device("cuda") if pick_backend(stages) == "nccl" else torch.device("cpu")
     xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
-    bounds, costs = choose_bounds(probe, xb, yb, stages, mode=cfg.BALANCE,
+    bounds, costs = choose_bounds(probe, xb, yb, stages, mode=cfg.BALANCE, rule=cfg.RULE,
                                   sg_kind=cfg.SG_MODULE, threads=cfg.THREADS or default_threads(stages),
                                   multiple=2 if fine else 1)
     split = {"balance": cfg.BALANCE, "bounds": bounds, "layers_per_stage": layers_per_stage(bounds),
@@ -73,44 +73,60 @@ def _print_split(split):
     print(line, flush=True)
 
 
-def _serial(cnet, data, cfg, *, epochs, lr, true_gradients=False, tag="", resume=None, on_epoch_end=None):
-    hist = train_serial(cnet, data, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
-                        optimizer=cfg.OPTIMIZER, true_gradients=true_gradients, seed=cfg.SEED,
-                        log=lambda s: print(s, flush=True), tag=tag, resume=resume, on_epoch_end=on_epoch_end,
-                        augment=augmenting(cfg, data.info))
+def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False):
+    """The pipeline's configuration from the constants (``teach``: the coarse level of
+    the multilevel scripts, true gradients teaching the modules)."""
+    return PipelineConfig(
+        rule="synthetic" if teach else cfg.RULE, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE,
+        batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, shrink=cfg.SHRINK,
+        exact_epochs=0 if teach else cfg.EXACT_EPOCHS, teach=teach, seed=cfg.SEED, augment=augmenting(cfg, data.info),
+        fail_stage=getattr(cfg, "FAIL_STAGE", -1), fail_epoch=getattr(cfg, "FAIL_EPOCH", 1),
+        fail_mode=getattr(cfg, "FAIL_MODE", "raise"), run_dir=str(run.path) if run is not None else None,
+        checkpoint_every=cfg.CHECKPOINT_EVERY)
+
+
+def _accuracy(cnet, data):
+    return {"train_acc": evaluate(cnet, data.x_train, data.y_train),
+            "test_acc": evaluate(cnet, data.x_test, data.y_test)}
+
+
+def _serial(cnet, data, cfg, *, epochs, lr, teach=False, tag="", resume=None, on_epoch_end=None):
+    hist = train_serial(cnet, data, pipeline_config(cfg, data, epochs=epochs, lr=lr, teach=teach),
+                        log=lambda s: print(s, flush=True), tag=tag, resume=resume, on_epoch_end=on_epoch_end)
     # training time: the epochs themselves, not the per-epoch test evaluation
-    return hist, {"train_time_s": sum(hist["seconds"]), "theoretical_time_s": sum(hist["theoretical_s"]),
-                  "train_acc": evaluate(cnet, data.x_train, data.y_train),
-                  "test_acc": evaluate(cnet, data.x_test, data.y_test)}
+    return hist, {"rule": "synthetic (true gradients)" if teach else cfg.RULE, "train_time_s": sum(hist["seconds"]),
+                  "theoretical_time_s": sum(hist["theoretical_s"]), **_accuracy(cnet, data),
+                  "messages": hist.pop("messages"), "profile": hist.pop("profile")}
+
+
+def _per_cut(histories, key):
+    """Per epoch, the value of ``key`` at each cut (the stages before a cut, in order)."""
+    return [[v for h in histories for v in h[key][e]] for e in range(len(histories[0][key]))] if histories else []
 
 
 def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
-    dcfg = DistSGConfig(epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE, batch_size=cfg.BATCH_SIZE,
-                        optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, seed=cfg.SEED,
-                        fail_stage=cfg.FAIL_STAGE, fail_epoch=cfg.FAIL_EPOCH, fail_mode=cfg.FAIL_MODE,
-                        run_dir=str(run.path) if run is not None else None, checkpoint_every=cfg.CHECKPOINT_EVERY,
-                        augment=augmenting(cfg, data.info))
     t0 = time.perf_counter()
-    out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), dcfg), threads=cfg.THREADS,
-                 max_restarts=cfg.MAX_RESTARTS)
+    out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), pipeline_config(cfg, data, epochs=epochs, lr=lr,
+                                                                                      run=run)),
+                 threads=cfg.THREADS, max_restarts=cfg.MAX_RESTARTS)
     wall = time.perf_counter() - t0
     if out is None:  # a non-zero rank under torchrun
         return None, None
     if [tuple(b) for b in out["bounds"]] != cnet.bounds:
         cnet = cnet.with_bounds(out["bounds"])
     cnet.load_state_dict(out["state_dict"])
-    hist = {"epoch": out["histories"][-1]["epoch"], "loss": out["histories"][-1]["loss"],
-            "sg_mse": [list(v) for v in zip(*(h["sg_mse"] for h in out["histories"][:-1]))],
-            "sg_cos": [list(v) for v in zip(*(h["sg_cos"] for h in out["histories"][:-1]))]}
-    return hist, {"train_time_s": out["train_time_s"], "wall_time_s": wall,
-                  "train_acc": evaluate(cnet, data.x_train, data.y_train),
-                  "test_acc": evaluate(cnet, data.x_test, data.y_test), "profile": out["profiles"]}
+    last = out["histories"][-1]
+    hist = {"epoch": last["epoch"], "loss": last["loss"], **{k: _per_cut(out["histories"][:-1], k)
+                                                            for k in ("sg_mse", "sg_cos", "head_loss")}}
+    messages = {k: sum(m[k] for m in out["messages"]) for k in out["messages"][0]}
+    return hist, {"rule": cfg.RULE, "train_time_s": out["train_time_s"], "wall_time_s": wall, **_accuracy(cnet, data),
+                  "messages": messages, "profile": out["profiles"]}
 
 
 def _report_profile(run, result, label):
     """The per-stage table on the terminal, the timeline in the run directory; the
     RESULT line keeps the busy fractions (metrics.json keeps everything)."""
-    print(f"\nper-stage profile ({label}; busy: forward, backward, module, optimiser step)\n"
+    print(f"\nper-stage profile ({label}; busy: forward, backward, module or head, optimiser step)\n"
           + profile_table(result["profile"]), flush=True)
     plotting.timeline_figure(run.file("timeline.png"), result["profile"],
                              title=f"{label}: the first batches of each stage")
@@ -119,11 +135,15 @@ def _report_profile(run, result, label):
 def _finish(run, name, series, result):
     run.save_json("metrics.json", {"history": series, **result})
     result = {k: v for k, v in result.items() if k != "profile"}  # the RESULT line: no timelines
-    if isinstance(result.get("fine"), dict):
-        result["fine"] = {k: v for k, v in result["fine"].items() if k != "profile"}
-    plotting.curves(run.file(f"{name}.png"),
-                    {label: {"epoch": h["epoch"], "loss": h["loss"],
-                             "module cosine": [sum(c) / len(c) for c in h["sg_cos"]]} for label, h in series.items()})
+    for level in ("coarse", "fine", "scratch"):
+        if isinstance(result.get(level), dict):
+            result[level] = {k: v for k, v in result[level].items() if k != "profile"}
+    curves = {}
+    for label, h in series.items():
+        curves[label] = {"epoch": h["epoch"], "loss": h["loss"]}
+        if any(h.get("sg_cos", [])):
+            curves[label]["module cosine"] = [sum(c) / len(c) if c else float("nan") for c in h["sg_cos"]]
+    plotting.curves(run.file(f"{name}.png"), curves)
     emit_result({**result, "run_dir": str(run.path)})
 
 
@@ -147,7 +167,7 @@ def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
     if split is not None:
         cnet = split(cnet)
     saver = Checkpointer(run and run.path, cfg, cfg.EPOCHS_C, wrap=phases.wrap("coarse"))
-    hist, res = _serial(cnet, data, cfg, epochs=cfg.EPOCHS_C, lr=cfg.LEARN_RATE_C, true_gradients=True,
+    hist, res = _serial(cnet, data, cfg, epochs=cfg.EPOCHS_C, lr=cfg.LEARN_RATE_C, teach=True,
                         tag="coarse ", resume=phases.get("coarse"), on_epoch_end=saver)
     return cnet, hist, res
 
@@ -157,7 +177,8 @@ def standard(script, cfg):
     o = _open(script, cfg)
     cfg, run = o.cfg, o.run
     cnet = complex_net(cfg, o.meta, o.arch, cfg.M, cfg.N, cfg.STEP).to(o.device)
-    print(f"synthetic gradients, serial: {cfg.M} x {cfg.N} layers of {o.arch} on {o.meta.name}; results in {run.path}")
+    print(f"pipeline in one process, rule {cfg.RULE}: {cfg.M} x {cfg.N} layers of {o.arch} on {o.meta.name}; "
+          f"results in {run.path}")
     describe(cnet.net)
     hist, result = _serial(cnet, o.data, cfg, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, resume=o.state,
                            on_epoch_end=Checkpointer(run.path, cfg, cfg.EPOCHS))
@@ -200,7 +221,7 @@ def distributed(script, cfg):
     cfg, run, data, stages = o.cfg, o.run, o.data, o.cfg.M
     cnet = complex_net(cfg, o.meta, o.arch, stages, cfg.N, cfg.STEP)
     if run is not None:
-        print(f"synthetic gradients, {stages} processes: {stages} x {cfg.N} layers of {o.arch} on {o.meta.name}; "
+        print(f"pipeline, rule {cfg.RULE}, {stages} processes: {stages} x {cfg.N} layers of {o.arch} on {o.meta.name}; "
               f"results in {run.path}", flush=True)
         describe(cnet.net)
     cnet, split = _split(cfg, cnet, data, stages, run)
@@ -209,7 +230,7 @@ def distributed(script, cfg):
         return
     print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
           f"(this launch {result['wall_time_s']:.1f}s, process start-up included)")
-    _report_profile(run, result, "distributed synthetic gradients")
+    _report_profile(run, result, f"pipeline, rule {cfg.RULE}")
     result.update(layers_per_stage=split["layers_per_stage"], split=split,
                   busy_fraction=[p["busy_fraction"] for p in result["profile"]])
     _finish(run, "dist_sg", {"distributed": hist}, result)
@@ -235,7 +256,7 @@ def distributed_multilevel(script, cfg):
     fine_hist, fine = _distributed(fine_net, data, cfg, stages, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, run=run)
     if run is None:
         return
-    _report_profile(run, fine, "fine network, distributed synthetic gradients")
+    _report_profile(run, fine, f"fine network as a pipeline, rule {cfg.RULE}")
     total = coarse["train_time_s"] + fine["train_time_s"]
     print(f"coarse test acc {coarse['test_acc']:.4f} in {coarse['train_time_s']:.1f}s; fine test acc "
           f"{fine['test_acc']:.4f} in {fine['train_time_s']:.1f}s; total {total:.1f}s")

@@ -71,8 +71,8 @@ def phase_plane(cfg):
     print(f"phase plane: mean pairwise distance of Y_N over Y_0, {cfg.PHASE_LAYERS} layers of h={cfg.PHASE_STEP} "
           f"(forward Euler on the antisymmetric K is bounded by (1 + h^2)^(N/2) = {bound:.4f})")
     print(f"  {'K':<24}" + "".join(f"{s:>10}" for s in st.PHASE_SCHEMES))
-    for label, run in runs.items():
-        print(f"  {label:<24}" + "".join(f"{run[s]['growth']:>10.4f}" for s in st.PHASE_SCHEMES))
+    for label, schemes in runs.items():
+        print(f"  {label:<24}" + "".join(f"{schemes[s]['growth']:>10.4f}" for s in st.PHASE_SCHEMES))
     return runs
 
 
@@ -81,10 +81,10 @@ def run_stability(script_file, cfg):
     report (four figures; RESULT's train_acc and test_acc are the lowest over the
     architectures and depths, train_time_s the sum)."""
     o = open_run(script_file, cfg.replace(CONV=False))  # dense networks; every architecture below
-    cfg, meta, device, data, run = o.cfg, o.meta, o.device, o.data, o.run
+    cfg, meta, device, data, rundir = o.cfg, o.meta, o.device, o.data, o.run
     depths = _depths(cfg)
     print(f"stability of the four architectures on {meta.name} (dense), depths {depths}, h = {cfg.FINAL_TIME}/N, "
-          f"{cfg.EPOCHS} epochs each, on {device}; results in {run.path}")
+          f"{cfg.EPOCHS} epochs each, on {device}; results in {rundir.path}")
     phase = phase_plane(cfg)
     x_probe, x_spec = data.x_test[:cfg.SAMPLES], data.x_test[:cfg.SPECTRA_SAMPLES]
     probes, spectra, histories, results, trainings = {}, {}, {}, {}, {}
@@ -125,16 +125,16 @@ def run_stability(script_file, cfg):
     for arch, r in results.items():
         print(f"  {arch:<14} {r['max_abs_step_eigenvalue_init']:.4f} / {r['max_abs_step_eigenvalue']:.4f}")
     phase_growth = {label: {s: v["growth"] for s, v in runs.items()} for label, runs in phase.items()}
-    run.save_json("metrics.json", {"results": results, "phase_plane": phase_growth, "depths": depths,
+    rundir.save_json("metrics.json", {"results": results, "phase_plane": phase_growth, "depths": depths,
                                    "final_time": cfg.FINAL_TIME,
                                    "history": {a: {str(n): h for n, h in hs.items()} for a, hs in histories.items()}})
-    plotting.phase_plane_figure(run.file("phase_plane.png"), phase, cfg.PHASE_STEP)
-    plotting.growth_figure(run.file("perturbation_growth.png"), probes, cfg.FINAL_TIME)
-    plotting.spectra_figure(run.file("spectra.png"), spectra, cfg.SPECTRA_DEPTH)
-    plotting.depth_figure(run.file("depth.png"), results, histories)
-    print(f"figures: phase_plane.png, perturbation_growth.png, spectra.png, depth.png in {run.path}")
-    emit_result({"dataset": meta.name, **lowest(trainings), "depths": depths, "final_time": cfg.FINAL_TIME, "results": results,
-                        "phase_plane": phase_growth, "run_dir": str(run.path)})
+    plotting.phase_plane_figure(rundir.file("phase_plane.png"), phase, cfg.PHASE_STEP)
+    plotting.growth_figure(rundir.file("perturbation_growth.png"), probes, cfg.FINAL_TIME)
+    plotting.spectra_figure(rundir.file("spectra.png"), spectra, cfg.SPECTRA_DEPTH)
+    plotting.depth_figure(rundir.file("depth.png"), results, histories)
+    print(f"figures: phase_plane.png, perturbation_growth.png, spectra.png, depth.png in {rundir.path}")
+    emit_result({"dataset": meta.name, **lowest(trainings), "depths": depths, "final_time": cfg.FINAL_TIME,
+                 "results": results, "phase_plane": phase_growth, "run_dir": str(rundir.path)})
 
 
 def main(argv=None):

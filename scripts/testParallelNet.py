@@ -2,7 +2,8 @@
 
 The coarse complex network (N layers per sub-network, step STEP_C) trains with true
 gradients through the cuts while the modules learn; each sub-network is then prolonged
-to 2N layers (step STEP_F) and the fine network trains with synthetic gradients.
+to 2N layers (step STEP_F) and the fine network trains with the rule RULE (synthetic
+gradients by default).
 Compared with the fine network trained from scratch for the same fine epochs."""
 import pathlib
 import sys
@@ -23,14 +24,18 @@ LEARN_RATE_C = 3e-3  # coarse learning rate
 EPOCHS_C = 5  # coarse epochs (true gradients through the cuts, modules learning)
 STEP_F = 0.5  # fine step size (STEP_C / 2 keeps the prolonged function)
 LEARN_RATE_F = 1e-3  # fine learning rate
-EPOCHS_F = 5  # fine epochs (synthetic gradients)
+EPOCHS_F = 5  # fine epochs (the rule RULE)
 PROLONG = "interpolate"  # new layer weights: interpolate (Meganet) or copy (Chang et al.)
 GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 0  # dense state width, at least the input's features: smaller inputs are zero-padded to it
 UNITS = "8,16,32"  # conv: channels of each unit, joined by 3x3 conv + 2x2 pooling (one value: a single block)
+RULE = "synthetic"  # decoupling rule: exact, synthetic, delayed, replay or local (docs/DESIGN.md)
 SG_MODULE = "linear"  # synthetic-gradient module: linear, mlp1 or mlp2 (hidden layers)
 SG_LEARN_RATE = 1e-3  # learning rate of the modules (Adam)
+MAX_IN_FLIGHT = 1  # batches a stage may run ahead of its true gradients (delayed: the delay)
+SHRINK = 1.0  # delayed, replay: factor of the late gradient (FDG's shrinking; 1: none)
+EXACT_EPOCHS = 0  # the last EXACT_EPOCHS of EPOCHS_F use the exact rule (a hybrid finish)
 OPTIMIZER = "adam"  # optimiser of the sub-networks: adam or sgd
 BATCH_SIZE = 64  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0

@@ -2,8 +2,10 @@
 
 A pipeline runs at the pace of its slowest stage.  Stage i's work per batch is its
 layers' forward and backward passes, plus the opening layer on stage 0, the classifier
-and the loss on the last stage, and, on every stage but the last, its synthetic-gradient
-module (one forward and one backward), each piece with its optimiser step.
+and the loss on the last stage, and, on every stage but the last, what its rule adds:
+the synthetic-gradient module (one forward and one backward) for ``synthetic``, the
+small classifier for ``local``, a second forward pass of its layers for ``replay``,
+nothing for ``exact`` and ``delayed``; each piece with its optimiser step.
 ``measure_costs`` times these pieces on the device, ``balanced_bounds`` places the cuts.
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Costs:
     layers: list  # layer j's forward + backward
     first: float = 0.0  # the opening layer (lift) on stage 0
     last: float = 0.0  # classifier and loss on the last stage
-    cuts: dict = field(default_factory=dict)  # cut position b -> the module's work at a cut after layer b - 1
+    cuts: dict = field(default_factory=dict)  # cut position b -> the rule's work at a cut after layer b - 1
+    replayed: list = field(default_factory=list)  # replay: layer j's second forward pass
 
     def stage(self, i, a, b, parts):
         """Stage i of ``parts`` running layers [a, b)."""
@@ -41,7 +44,7 @@ class Costs:
         if i == parts - 1:
             cost += self.last
         else:
-            cost += self.cuts.get(b, 0.0)
+            cost += self.cuts.get(b, 0.0) + sum(self.replayed[a:b])
         return cost
 
     def stages(self, bounds):
@@ -91,13 +94,16 @@ def _timed(pieces, repeats, device):
     return [statistics.median(t) for t in times]
 
 
-def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
+def measure_costs(net, x, y, *, rule="synthetic", sg_kind="linear", cuts=None, repeats=5):
     """Time every piece of ``net`` on one batch (x, y) where it lies (its device, this
     process's threads), each with its optimiser step (Adam): each layer's forward and
-    backward pass, the opening layer, the classifier and loss, and a fresh module of
-    ``sg_kind`` at each cut position in ``cuts`` (default all; modules of one state shape
-    are timed once).  A copy of ``net``, on the batch's device, is timed; ``net`` is left
-    as it was."""
+    backward pass, the opening layer, the classifier and loss, and what ``rule`` adds at
+    each cut position in ``cuts`` (default all): a fresh module of ``sg_kind``, a local
+    head (pieces of one state shape are timed once), or each layer's forward pass again
+    (replay).  A copy of ``net``, on the batch's device, is timed; ``net`` is left as it
+    was."""
+    from .rules import LocalHead
+
     net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
     states = [net.initial_state(x)]
@@ -120,6 +126,9 @@ def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
         out = net.step(j, inp)
         torch.autograd.backward(out, [torch.ones_like(t) for t in out])
 
+    def replayed(j):
+        net.step(j, tuple(t.detach() for t in states[j]))
+
     def first():
         out = [t for t in net.initial_state(x) if t.requires_grad]  # a dense lift is a padding
         if out:
@@ -130,32 +139,49 @@ def measure_costs(net, x, y, *, sg_kind="linear", cuts=None, repeats=5):
         F.cross_entropy(net.classify(inp), y).backward()
 
     lift = list(net.lift.parameters()) if net.lift is not None else []
-    pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(net.n_layers)]
+    n = net.n_layers
+    pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(n)]
     pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
-    shapes = {}  # state shape at a cut -> its piece's index (modules of one shape are timed once)
-    for b in cuts:
+    if rule == "replay":
+        pieces += [stepped(lambda j=j: replayed(j), []) for j in range(n)]
+    shapes = {}  # state shape at a cut -> its piece's index (pieces of one shape are timed once)
+    for b in cuts if rule in ("synthetic", "local") else ():
         shape = net.state_shape_at(b)
         if shape not in shapes:
-            module = SyntheticGradient(shape, len(states[b]), net.num_classes, conv=net.conv,
-                                       kind=sg_kind).to(x.device)
-            state = tuple(t.detach() for t in states[b])
-
-            def work(module=module, state=state):
-                pred = module.start(state, y)
-                module.synthetic(pred, y)
-                module.loss(pred, y, state)[0].backward()
-
             shapes[shape] = len(pieces)
-            pieces.append(stepped(work, list(module.parameters())))
+            pieces.append(_cut_piece(rule, net, tuple(t.detach() for t in states[b]), y, sg_kind, stepped,
+                                     LocalHead))
     t = _timed(pieces, repeats, x.device)
-    n = net.n_layers
-    return Costs(t[:n], t[n], t[n + 1], {b: t[shapes[net.state_shape_at(b)]] for b in cuts})
+    return Costs(t[:n], t[n], t[n + 1], {b: t[shapes[net.state_shape_at(b)]] for b in cuts if shapes},
+                 t[n + 2:2 * n + 2] if rule == "replay" else [])
 
 
-def choose_bounds(net, x, y, parts, *, mode="cost", sg_kind="linear", threads=1, multiple=1, repeats=5):
+def _cut_piece(rule, net, state, y, sg_kind, stepped, head_class):
+    """The timed work of ``rule`` at a cut whose state is ``state``: the module's one pass
+    and regression (synthetic), or the local head's loss and backward pass (local)."""
+    if rule == "synthetic":
+        module = SyntheticGradient(state[0].shape[1:], len(state), net.num_classes, conv=net.conv,
+                                   kind=sg_kind).to(state[0].device)
+
+        def work():
+            pred = module.start(state, y)
+            module.synthetic(pred, y)
+            module.loss(pred, y, state)[0].backward()
+        return stepped(work, list(module.parameters()))
+    head = head_class(state[0].shape[1:], net.num_classes).to(state[0].device)
+    inp = state[0].requires_grad_()
+
+    def work():
+        F.cross_entropy(head(inp), y).backward()
+    return stepped(work, list(head.parameters()))
+
+
+def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="linear", threads=1, multiple=1,
+                  repeats=5):
     """The stages' layer ranges: ``even`` (N / parts layers each, the original's split) or
-    ``cost`` (balanced on the pieces' times, measured on one batch (x, y) with ``threads``
-    intra-op threads, as each stage process will run).  Returns (bounds, Costs or None)."""
+    ``cost`` (balanced on the pieces' times under ``rule``, measured on one batch (x, y)
+    with ``threads`` intra-op threads, as each stage process will run).  Returns (bounds,
+    Costs or None)."""
     if mode not in BALANCE_MODES:
         raise ValueError(f"unknown BALANCE {mode!r}; valid: {', '.join(BALANCE_MODES)}")
     if mode == "even":
@@ -163,7 +189,7 @@ def choose_bounds(net, x, y, parts, *, mode="cost", sg_kind="linear", threads=1,
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        costs = measure_costs(net, x, y, sg_kind=sg_kind, repeats=repeats)
+        costs = measure_costs(net, x, y, rule=rule, sg_kind=sg_kind, repeats=repeats)
     finally:
         torch.set_num_threads(before)
     return balanced_bounds(costs, parts, multiple), costs

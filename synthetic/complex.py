@@ -38,7 +38,7 @@ class ComplexNet(nn.Module):
         n_state = len(net.init_state(net.lift_input(_probe(net))))
         self.sg = modules if modules is not None else nn.ModuleList(
             SyntheticGradient(self.cut_shape(i), n_state, net.num_classes, conv=net.conv, kind=sg_kind)
-            for i in range(num_stages - 1))
+            for i in range(num_stages - 1)).to(net.classifier.weight)  # the network's device and dtype
 
     def cut_shape(self, i):
         """The shape of one sample's Y at the cut after sub-network i."""
@@ -72,7 +72,6 @@ class ComplexNet(nn.Module):
         module stays)."""
         bounds = [tuple(b) for b in bounds]
         other = ComplexNet(self.net, self.num_stages, sg_kind=self.sg_kind, bounds=bounds)
-        other.sg.to(next(self.net.parameters()).device)
         for k, (_, b) in enumerate(bounds[:-1]):
             if b == self.bounds[k][1]:
                 other.sg[k] = self.sg[k]
@@ -92,4 +91,5 @@ def input_grads(inputs):
 
 
 def _probe(net):
-    return torch.zeros(1, *net.in_shape, device=net.classifier.weight.device)
+    w = net.classifier.weight
+    return torch.zeros(1, *net.in_shape, device=w.device, dtype=w.dtype)

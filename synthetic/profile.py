@@ -8,6 +8,7 @@ from models.training import sync
 
 # kind -> category of the per-stage table
 CATEGORIES = {"forward": "compute", "backward": "compute", "module": "compute", "step": "compute",
+              "replay": "compute", "head": "compute",
               "wait input": "wait_input", "wait gradient": "wait_gradient", "send": "communication"}
 BUSY = ("compute",)
 IDLE = ("wait_input", "wait_gradient")

@@ -21,25 +21,20 @@ def operator_matrix(apply, shape):
     return apply(basis).reshape(n, n).t()
 
 
-def assert_true_gradients_equal_backprop(cnet, data):
-    """Two batches of ``cnet`` trained with true gradients through its cuts end where
-    backprop of the whole network (a copy, the same Adam) ends; returns that copy."""
+def assert_true_gradients_equal_backprop(cnet, data, epochs=1, samples=128):
+    """``cnet`` trained as a pipeline with the exact rule (its stages taking turns in this
+    process) ends where ``fit`` (backprop of the whole network: a copy, the same Adam, the
+    same batches) ends, on the first ``samples`` training images; returns that copy."""
     import copy
 
-    import torch.nn.functional as F
+    import datasets
+    from models.training import fit
+    from synthetic import PipelineConfig, train_serial
 
-    from models.training import make_optimizer
-    from synthetic import SGTrainer
-
+    part = datasets.Data(data.x_train[:samples], data.y_train[:samples], data.x_test[:64], data.y_test[:64], data.info)
     whole = copy.deepcopy(cnet.net)
-    trainer = SGTrainer(cnet, lr=1e-2, sg_lr=1e-3, true_gradients=True)
-    opt = make_optimizer("adam", whole.parameters(), 1e-2)
-    for lo in (0, 64):
-        xb, yb = data.x_train[lo:lo + 64], data.y_train[lo:lo + 64]
-        trainer.train_batch(xb, yb)
-        opt.zero_grad()
-        F.cross_entropy(whole(xb), yb).backward()
-        opt.step()
+    train_serial(cnet, part, PipelineConfig(rule="exact", epochs=epochs, lr=1e-2, batch_size=64))
+    fit(whole, part.x_train, part.y_train, epochs=epochs, lr=1e-2, batch_size=64)
     for (name, a), b in zip(cnet.net.named_parameters(), whole.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     return whole

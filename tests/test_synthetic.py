@@ -9,12 +9,12 @@ import torch.nn.functional as F
 
 import datasets
 from models import build_model
-from models.training import evaluate, make_optimizer
+from models.training import evaluate, fit
 from scripts.launch import launch
-from synthetic import ComplexNet, SGTrainer, SyntheticGradient
+from synthetic import ComplexNet, PipelineConfig, SyntheticGradient, train_serial
 from synthetic.balance import Costs, _timed, balanced_bounds, choose_bounds, measure_costs
-from synthetic.distributed import DistSGConfig, stage_worker
-from synthetic.peers import PeerConfig, ddp_worker, epoch_batches, pipeline_worker
+from synthetic.distributed import stage_worker
+from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
 from tests.helpers import assert_true_gradients_equal_backprop, refused, result_of, run_failing, run_script
 
 torch.set_num_threads(1)
@@ -77,12 +77,9 @@ def test_true_gradients_through_the_cuts_equal_backprop(arch, stages):
 def test_synthetic_gradient_training_learns_digits_serially():
     data = datasets.load("DIGITS")
     cnet = digits_net(layers=8)
-    trainer = SGTrainer(cnet, lr=3e-3, sg_lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(8):
-        stats = trainer.train_epoch(data.x_train, data.y_train, 64, gen)
-    assert evaluate(cnet, data.x_test, data.y_test) >= 0.9
-    assert stats["theoretical_s"] < stats["seconds"] and stats["sg_cos"][0] > 0.2
+    hist = train_serial(cnet, data, PipelineConfig(rule="synthetic", epochs=8, lr=3e-3, sg_lr=1e-3))
+    assert evaluate(cnet, data.x_test, data.y_test) >= 0.9 and hist["test_acc"][-1] >= 0.9
+    assert hist["theoretical_s"][-1] < hist["seconds"][-1] and hist["sg_cos"][-1][0] > 0.2
 
 
 @pytest.mark.parametrize("conv", [False, True], ids=["dense", "conv"])
@@ -105,7 +102,7 @@ def test_a_balanced_two_process_run_reaches_090_on_digits_and_accounts_its_time(
     cnet = digits_net(layers=8)
     bounds, costs = choose_bounds(cnet.net, data.x_train[:64], data.y_train[:64], 2, threads=1)
     cnet = cnet.with_bounds(bounds)
-    out = launch(stage_worker, 2, (cnet, data, DistSGConfig(epochs=8, verbose=False)), threads=1)
+    out = launch(stage_worker, 2, (cnet, data, PipelineConfig(epochs=8, verbose=False)), threads=1)
     assert [tuple(b) for b in out["bounds"]] == bounds
     cnet.load_state_dict(out["state_dict"])
     assert evaluate(cnet, data.x_test, data.y_test) >= 0.9
@@ -252,11 +249,7 @@ def test_the_torch_peers_train_the_same_network_as_backprop(engine):
     cfg = PeerConfig(epochs=1, lr=1e-2, batch_size=64, schedule=engine, microbatches=4, bounds=((0, 2), (2, 6)))
     out = launch(ddp_worker if engine == "ddp" else pipeline_worker, 2, (net, data, cfg), threads=1)
     whole = copy.deepcopy(net)
-    opt = make_optimizer("adam", whole.parameters(), 1e-2)
-    for xb, yb in epoch_batches(data, cfg, 1):
-        opt.zero_grad()
-        F.cross_entropy(whole(xb), yb).backward()
-        opt.step()
+    fit(whole, data.x_train, data.y_train, epochs=1, lr=1e-2, batch_size=64, seed=0)  # the same batches
     trained = copy.deepcopy(net)
     trained.load_state_dict(out["state_dict"])
     assert out["train_time_s"] > 0

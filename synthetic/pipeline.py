@@ -1,0 +1,125 @@
+"""The pipeline of a complex network: one stage per sub-network, a decoupling rule, and a
+transport.  ``train_serial`` runs every stage in this process over the loopback
+transport; ``synthetic.distributed.stage_worker`` runs one stage per process over
+torch.distributed.  Both run the same ``Stage`` code, so that with a deterministic rule
+(exact, delayed, replay, local) they give the same parameters.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from models.training import Progress, check_finite, evaluate, sync
+
+from .profile import StageProfile
+from .rules import CLASSES, RULES, make_rule
+from .stage import Stage, run_together
+from .transport import Loopback
+
+
+@dataclass
+class PipelineConfig:
+    rule: str = "synthetic"  # one of rules.RULES
+    epochs: int = 10
+    lr: float = 3e-3
+    sg_lr: float = 1e-3  # synthetic: the modules' learning rate (Adam)
+    batch_size: int = 64
+    optimizer: str = "adam"
+    max_in_flight: int = 1  # batches a stage may run ahead of its true gradients
+    shrink: float = 1.0  # delayed, replay: the late gradient's factor (FDG's shrinking)
+    exact_epochs: int = 0  # the last epochs use the exact rule (a hybrid finish)
+    teach: bool = False  # synthetic: apply the true gradients, the modules learning them
+    seed: int = 0
+    augment: bool = False  # stage 0 crops and flips its batches at random (datasets.augment)
+    # one stage per process (synthetic.distributed)
+    fail_stage: int = -1  # testing aid: this stage fails at the first batch of fail_epoch (-1: none)
+    fail_epoch: int = 1  # ... in the first attempt only (a restarted group trains on)
+    fail_mode: str = "raise"  # raise an exception, or "kill": the process sends itself SIGKILL
+    verbose: bool = True
+    run_dir: str | None = None  # checkpoints go here (rank 0's value counts); None: none
+    checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
+    timeline_batches: int = 8  # batches of the profile's timeline (the first ones)
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise ValueError(f"unknown RULE {self.rule!r}; valid: {', '.join(RULES)}")
+
+    def rule_in(self, epoch):
+        """The rule of an epoch: the last ``exact_epochs`` are exact."""
+        return "exact" if epoch > self.epochs - self.exact_epochs else self.rule
+
+
+def make_stage(cnet, i, cfg, transport, profile):
+    rule = make_rule(cfg.rule, max_in_flight=cfg.max_in_flight, sg_lr=cfg.sg_lr, shrink=cfg.shrink, teach=cfg.teach)
+    return Stage(cnet, i, rule, transport, lr=cfg.lr, optimizer=cfg.optimizer, profile=profile)
+
+
+def set_rule(stage, cfg, epoch):
+    """The stage's rule for ``epoch`` (every stage switches at the same epoch boundary,
+    when nothing is in flight)."""
+    name = cfg.rule_in(epoch)
+    stage.sends = CLASSES[name].sends_gradients
+    if not stage.last and stage.rule.name != name:
+        stage.rule = stage.rules.setdefault(name, make_rule(name, max_in_flight=cfg.max_in_flight,
+                                                            shrink=cfg.shrink))
+        stage.rule.attach(stage)
+
+
+def epoch_record(cut_stages, hist, epoch, loss, seconds):
+    """One epoch's entries: the loss, and for each of ``cut_stages`` (the stages before a
+    cut) its module's error (synthetic) or its local head's loss (local)."""
+    means = [st.stats.means() for st in cut_stages]
+    hist["epoch"].append(epoch)
+    hist["loss"].append(loss)
+    hist["seconds"].append(seconds)
+    for key, name in (("sg_mse", "mse"), ("sg_cos", "cos"), ("head_loss", "head_loss")):
+        hist.setdefault(key, []).append([m[name] for m in means if name in m])
+
+
+def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=None, on_epoch_end=None):
+    """Train ``cnet`` (on the data's device) as a pipeline whose stages take turns in this
+    process; returns the per-epoch history (its ``theoretical_s``: the busiest stage's
+    compute, the time of the pipeline whose stages never wait).
+
+    ``on_epoch_end(epoch, state)`` and ``resume`` as in models.training.fit: the state
+    (the network with its modules, every stage's optimiser and rule, the history)
+    continues the run after its epoch exactly as if it had never stopped."""
+    device = data.x_train.device
+    hub = Loopback()
+    profiles = [StageProfile(device) for _ in range(cnet.num_stages)]
+    stages = [make_stage(cnet, i, cfg, hub.endpoint(i), profiles[i]) for i in range(cnet.num_stages)]
+    hist = {"epoch": [], "loss": [], "seconds": [], "theoretical_s": [], "test_acc": []}
+    start = 1
+    if resume is not None:
+        cnet.load_state_dict(resume["model"])
+        for st, saved in zip(stages, resume["stages"], strict=True):
+            st.load_state_dict(saved)
+        hist, start = {k: list(v) for k, v in resume["history"].items()}, resume["epoch"] + 1
+    for epoch in range(start, cfg.epochs + 1):
+        for st in stages:
+            set_rule(st, cfg, epoch)
+        busy = [p.summary()["busy_s"] for p in profiles]
+        bar = Progress(-(-len(data.y_train) // cfg.batch_size), f"{tag}epoch {epoch}")
+        sync(device)
+        t0 = time.perf_counter()
+        works = [st.epoch(epoch, data, cfg.batch_size, cfg.seed, cfg.augment,
+                          before_batch=(lambda e, b: bar.step()) if st.i == 0 else None) for st in stages]
+        loss = run_together(works, hub)[-1].item()
+        sync(device)
+        seconds = time.perf_counter() - t0
+        bar.close()
+        check_finite(loss, cnet.net, cfg.lr, epoch)
+        epoch_record(stages[:-1], hist, epoch, loss, seconds)
+        hist["theoretical_s"].append(max(p.summary()["busy_s"] - b for p, b in zip(profiles, busy)))
+        hist["test_acc"].append(evaluate(cnet, data.x_test, data.y_test))
+        if log is not None:
+            log(f"{tag}epoch {epoch:3d}  {cfg.rule_in(epoch)}  loss {loss:.4f}  test acc {hist['test_acc'][-1]:.4f}  "
+                f"{seconds:.2f}s (theoretical {hist['theoretical_s'][-1]:.2f}s)")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, lambda epoch=epoch: {"epoch": epoch, "model": cnet.state_dict(),
+                                                     "stages": [st.state_dict() for st in stages],
+                                                     "history": hist})
+    hist["profile"] = [p.summary() for p in profiles]
+    hist["messages"] = dict(hub.sent)
+    return hist
+

@@ -1,0 +1,195 @@
+"""The pipeline's rules: exact equals backprop, serial equals distributed, the delayed and
+replayed updates, local sends nothing back, every rule learns."""
+import copy
+
+import pytest
+import torch
+
+import datasets
+from models import build_model
+from models.training import evaluate, fit
+from scripts.launch import launch
+from synthetic import RULES, ComplexNet, PipelineConfig, train_serial
+from synthetic.balance import measure_costs
+from synthetic.distributed import stage_worker
+from synthetic.profile import StageProfile
+from synthetic.rules import Delayed, Replay
+from synthetic.stage import Stage, run_alone
+from tests.helpers import refused
+
+torch.set_num_threads(1)
+
+
+def digits(samples=256, dtype=torch.float64):
+    data = datasets.load("DIGITS")
+    return datasets.Data(data.x_train[:samples].to(dtype), data.y_train[:samples], data.x_test.to(dtype),
+                         data.y_test, data.info)
+
+
+def network(conv=False, layers=6, dtype=torch.float64):
+    torch.manual_seed(0)
+    kw = {"conv": True, "units": (2, 3)} if conv else {"width": 64}
+    return build_model("verlet", (1, 8, 8), 10, layers, 0.5, **kw).to(dtype)
+
+
+# multi-unit: layers 0-2 in the first unit, the connective layer with layer 3
+NETWORKS = {"dense": (False, [(0, 3), (3, 6)], [(0, 2), (2, 4), (4, 6)]),
+            "conv": (True, [(0, 3), (3, 6)], [(0, 1), (1, 3), (3, 6)])}
+
+
+def backprop(net, data, epochs, lr=3e-3):
+    whole = copy.deepcopy(net)
+    fit(whole, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=64, seed=0)
+    return whole
+
+
+def assert_same(a, b, tol=1e-5):
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("kind", NETWORKS)
+@pytest.mark.parametrize("stages", [2, 3])
+def test_exact_rule_in_one_process_is_backprop(kind, stages):
+    conv, *bounds = NETWORKS[kind]
+    data, net = digits(), network(conv)
+    cnet = ComplexNet(copy.deepcopy(net), stages, bounds=bounds[stages - 2])
+    train_serial(cnet, data, PipelineConfig(rule="exact", epochs=2, lr=3e-3))
+    assert_same(cnet.net, backprop(net, data, 2), tol=1e-10)
+
+
+def _distributed(net, stages, bounds, data, **cfg):
+    cnet = ComplexNet(copy.deepcopy(net), stages, bounds=bounds)
+    out = launch(stage_worker, stages, (cnet, data, PipelineConfig(verbose=False, **cfg)), threads=1)
+    cnet.load_state_dict(out["state_dict"])
+    return cnet, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", NETWORKS)
+@pytest.mark.parametrize("stages", [2, 3])
+def test_exact_rule_on_processes_is_backprop(kind, stages):
+    conv, *bounds = NETWORKS[kind]
+    data, net = digits(), network(conv)
+    cnet, out = _distributed(net, stages, bounds[stages - 2], data, rule="exact", epochs=2, lr=3e-3)
+    assert_same(cnet.net, backprop(net, data, 2))
+    assert all(m["gradient"] == 2 * 4 for m in out["messages"][1:])  # 2 epochs of 4 batches, back from each stage
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["exact", "delayed"])
+def test_one_process_and_several_give_the_same_parameters(rule):
+    data, net = digits(), network()
+    bounds = [(0, 2), (2, 4), (4, 6)]
+    serial = ComplexNet(copy.deepcopy(net), 3, bounds=bounds)
+    train_serial(serial, data, PipelineConfig(rule=rule, epochs=2, lr=3e-3, max_in_flight=2))
+    cnet, _ = _distributed(net, 3, bounds, data, rule=rule, epochs=2, lr=3e-3, max_in_flight=2)
+    assert_same(cnet.net, serial.net)
+    assert rule == "exact" or not torch.allclose(cnet.net.K[0], backprop(net, data, 2).K[0])
+
+
+class Given:
+    """A transport of one stage that hands out given gradients at its output."""
+
+    def __init__(self, grads):
+        self.grads, self.sent = grads, {"state": 0, "gradient": 0}
+
+    def send_state(self, b, state, labels):
+        self.sent["state"] += 1
+
+    def expect_grad(self, b, nb):
+        pass
+
+    def has_grad(self, b):
+        return True
+
+    def recv_grad(self, b):
+        return self.grads[b]
+        yield
+
+    def send_grad(self, b, grads):
+        self.sent["gradient"] += 1
+
+    def flush(self):
+        pass
+
+
+def _gradient_at(cnet, params, x, delta):
+    """(dh/dtheta at ``params``)^T delta for stage 0 of ``cnet`` on batch x."""
+    probe = copy.deepcopy(cnet)
+    mine = probe.stage_parameters(0)
+    with torch.no_grad():
+        for p, v in zip(mine, params):
+            p.copy_(v)
+    out = probe.stage_forward(0, x)
+    return torch.autograd.grad(out, mine, delta)
+
+
+@pytest.mark.parametrize("rule_class", [Delayed, Replay])
+def test_a_late_gradient_is_taken_at_the_forward_weights_or_the_current_ones(rule_class, float64):
+    """SGD with lr 1 makes the update the gradient itself.  With k = 1 the update after
+    batch t is the gradient of batch t - 1: delayed at the weights of t - 1's forward pass,
+    replay at the current weights."""
+    torch.manual_seed(0)
+    cnet = ComplexNet(build_model("resnet", (4,), 3, 2, 0.5, width=4), 2)
+    xs = [torch.randn(5, 4) for _ in range(3)]
+    deltas = [(torch.randn(5, 4),) for _ in range(3)]
+    labels = torch.zeros(5, dtype=torch.long)
+    stage = Stage(cnet, 0, rule_class(max_in_flight=1), Given(deltas), lr=1.0, optimizer="sgd",
+                  profile=StageProfile(torch.device("cpu")))
+    weights = [[p.detach().clone() for p in stage.params]]
+    for b in range(3):
+        run_alone(stage.batch(b, xs[b], labels))
+        weights.append([p.detach().clone() for p in stage.params])
+    assert all(torch.equal(a, b) for a, b in zip(weights[1], weights[0]))  # batch 0: nothing applied yet
+    g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])
+    for now, before, g in zip(weights[2], weights[1], g0):
+        torch.testing.assert_close(now, before - g)
+    forward_weights = weights[0] if rule_class is Delayed else weights[2]  # batch 1 ran its forward at theta_0
+    g1 = _gradient_at(cnet, forward_weights, xs[1], deltas[1])
+    for now, before, g in zip(weights[3], weights[2], g1):
+        torch.testing.assert_close(now, before - g)
+    assert not all(torch.allclose(a, b) for a, b in zip(g1, _gradient_at(cnet, weights[2 if rule_class is Delayed
+                                                                                    else 0], xs[1], deltas[1])))
+
+
+def test_the_local_rule_sends_no_gradient_back_and_a_hybrid_finish_does():
+    data = digits(dtype=torch.float32)
+    hist = train_serial(ComplexNet(network(dtype=torch.float32), 3), data, PipelineConfig(rule="local", epochs=1))
+    assert hist["messages"] == {"state": 2 * 4, "gradient": 0}  # 4 batches through 2 cuts
+    hist = train_serial(ComplexNet(network(dtype=torch.float32), 3), data,
+                        PipelineConfig(rule="local", epochs=2, exact_epochs=1))
+    assert hist["messages"] == {"state": 2 * 8, "gradient": 2 * 4}  # the exact last epoch sends them
+    assert hist["head_loss"][0] and not hist["head_loss"][1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_trains_digits_on_two_processes(rule):
+    data = datasets.load("DIGITS")
+    torch.manual_seed(0)
+    net = build_model("verlet", (1, 8, 8), 10, 8, 0.5)
+    cnet, out = _distributed(net, 2, [(0, 4), (4, 8)], data, rule=rule, epochs=6, lr=3e-3)
+    assert evaluate(cnet, data.x_test, data.y_test) >= 0.9, rule
+    assert (out["messages"][1]["gradient"] == 0) == (rule == "local")
+    assert (out["profiles"][0]["kinds_s"]["module"] > 0) == (rule == "synthetic")
+    assert (out["profiles"][0]["kinds_s"]["replay"] > 0) == (rule == "replay")
+    assert (out["profiles"][0]["kinds_s"]["head"] > 0) == (rule == "local")
+
+
+def test_each_rule_costs_what_it_makes_a_stage_do():
+    data = datasets.load("DIGITS")
+    net = network(dtype=torch.float32)
+    x, y = data.x_train[:32], data.y_train[:32]
+    costs = {rule: measure_costs(net, x, y, rule=rule, repeats=1) for rule in ("exact", "synthetic", "replay", "local")}
+    assert not costs["exact"].cuts and not costs["exact"].replayed
+    assert set(costs["synthetic"].cuts) == set(costs["local"].cuts) == set(range(1, 6))
+    assert len(costs["replay"].replayed) == 6 and not costs["replay"].cuts
+    bounds = [(0, 3), (3, 6)]
+    assert costs["replay"].stages(bounds)[0] > costs["exact"].stages(bounds)[0] * 1.05
+
+
+@pytest.mark.parametrize("script", ["run_standard_sg", "testParallelNet", "distSg", "distMulti"])
+def test_an_unknown_rule_exits_2_with_one_line(tmp_path, script):
+    code, err = refused(script, "--rule", "nope", "--results-dir", tmp_path)
+    assert code == 2 and err.strip() == "error: unknown RULE 'nope'; valid: exact, synthetic, delayed, replay, local"
