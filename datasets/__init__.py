@@ -73,21 +73,24 @@ def info(name):
     return INFO[key]
 
 
-def load(name, *, data_root="data", seed=0, download=True, log=print, ellipse_points=500):
+def load(name, *, data_root="data", seed=0, download=True, log=print, ellipse_points=500, ellipse_validation=100,
+         swiss_points=500):
     """Load a dataset by name as CPU tensors.
 
     ELLIPSE and SWISS are generated (``seed``; ELLIPSE with ``ellipse_points`` training
-    points per class), DIGITS comes with scikit-learn, the image sets are read through
+    and ``ellipse_validation`` validation points per class, SWISS with ``swiss_points``
+    points per class, every other one for validation; the defaults are the original's),
+    DIGITS comes with scikit-learn, the image sets are read through
     torchvision into an HDF5 cache under ``data_root``.
     Raises ValueError for an unknown name and DatasetNotFound for missing files.
     """
     meta = info(name)
     if meta.name == "ELLIPSE":
         from .toy import ellipse
-        arrays = ellipse(seed, n_train=ellipse_points)
+        arrays = ellipse(seed, n_train=ellipse_points, n_val=ellipse_validation)
     elif meta.name == "SWISS":
         from .toy import swiss
-        arrays = swiss(seed)
+        arrays = swiss(seed, n=swiss_points)
     elif meta.name == "DIGITS":
         from .digits import digits
         arrays = digits(seed)

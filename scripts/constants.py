@@ -220,6 +220,8 @@ CHECKS = {
     "AUGMENT": _augment,
     "DATA_ROOT": _data_root,
     "ELLIPSE_POINTS": _at_least(1),
+    "ELLIPSE_VALIDATION": _at_least(1),
+    "SWISS_POINTS": _at_least(2),
     "THREADS": _at_least(0),
     "CHECKPOINT_EVERY": _at_least(0),
     "MAX_RESTARTS": _at_least(0),

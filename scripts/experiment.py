@@ -50,7 +50,9 @@ def load_data(cfg, device=None, log=print):
 
     try:
         data = datasets.load(cfg.DATASET, data_root=cfg.DATA_ROOT, seed=cfg.SEED, log=log,
-                             ellipse_points=getattr(cfg, "ELLIPSE_POINTS", 500))
+                             ellipse_points=getattr(cfg, "ELLIPSE_POINTS", 500),
+                             ellipse_validation=getattr(cfg, "ELLIPSE_VALIDATION", 100),
+                             swiss_points=getattr(cfg, "SWISS_POINTS", 500))
     except datasets.DatasetNotFound as exc:
         raise UsageError(str(exc)) from None
     return data.to(device) if device is not None else data

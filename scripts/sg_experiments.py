@@ -209,7 +209,8 @@ def multilevel(script, cfg):
           f"{coarse['train_time_s']:>9.1f}\n{'fine (prolonged)':<22} {fine['test_acc']:>8.4f} "
           f"{fine['train_time_s']:>9.1f}\n{'multilevel total':<22} {fine['test_acc']:>8.4f} {total:>9.1f}\n"
           f"{'fine from scratch':<22} {scratch['test_acc']:>8.4f} {scratch['train_time_s']:>9.1f}")
-    result = {"train_acc": fine["train_acc"], "test_acc": fine["test_acc"], "train_time_s": total,
+    result = {"rule": cfg.RULE, "messages": fine["messages"], "train_acc": fine["train_acc"],
+              "test_acc": fine["test_acc"], "train_time_s": total,
               "theoretical_time_s": coarse["theoretical_time_s"] + fine["theoretical_time_s"],
               "coarse": coarse, "fine": fine, "scratch": scratch}
     _finish(run, "multilevel", {"coarse": coarse_hist, "fine": fine_hist, "scratch": scratch_hist}, result)
@@ -260,7 +261,8 @@ def distributed_multilevel(script, cfg):
     total = coarse["train_time_s"] + fine["train_time_s"]
     print(f"coarse test acc {coarse['test_acc']:.4f} in {coarse['train_time_s']:.1f}s; fine test acc "
           f"{fine['test_acc']:.4f} in {fine['train_time_s']:.1f}s; total {total:.1f}s")
-    result = {"train_acc": fine["train_acc"], "test_acc": fine["test_acc"], "train_time_s": total,
-              "coarse": coarse, "fine": fine, "layers_per_stage": chosen["split"]["layers_per_stage"],
-              "split": chosen["split"], "busy_fraction": [p["busy_fraction"] for p in fine["profile"]]}
+    result = {"rule": cfg.RULE, "messages": fine["messages"], "train_acc": fine["train_acc"],
+              "test_acc": fine["test_acc"], "train_time_s": total, "coarse": coarse, "fine": fine,
+              "layers_per_stage": chosen["split"]["layers_per_stage"], "split": chosen["split"],
+              "busy_fraction": [p["busy_fraction"] for p in fine["profile"]]}
     _finish(run, "dist_multilevel", {"coarse": coarse_hist, "fine": fine_hist}, result)

@@ -25,8 +25,6 @@ from .profile import StageProfile
 from .stage import run_alone
 from .transport import PointToPoint
 
-DistSGConfig = PipelineConfig  # the configuration of a stage process is the pipeline's
-
 
 def _stage_checkpoints(run_dir, rank, device):
     """{epoch: state} of the intact checkpoints of one stage (the latest and the previous)."""

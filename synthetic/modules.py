@@ -20,7 +20,7 @@ class SyntheticGradient(nn.Module):
     The last layer starts at zero (the paper), so training starts from a zero gradient.
 
     Scale: the module predicts B times the gradient of the batch-mean loss (a per-sample
-    gradient, independent of the batch size); ``predict`` divides by B again.
+    gradient, independent of the batch size); ``synthetic`` divides by B again.
     """
 
     def __init__(self, state_shape, n_state, num_classes, *, conv=False, kind="linear"):
@@ -49,11 +49,6 @@ class SyntheticGradient(nn.Module):
         out = self.net(torch.cat([*state, onehot], 1))
         return tuple(out.chunk(self.n_state, 1))
 
-    def predict(self, state, y):
-        """Synthetic dL/dh for the batch-mean loss L."""
-        with torch.no_grad():
-            return tuple(g / len(y) for g in self(state, y))
-
     @staticmethod
     def synthetic(pred, y):
         """The synthetic dL/dh for the batch-mean loss, read off a kept prediction."""
@@ -68,13 +63,10 @@ class SyntheticGradient(nn.Module):
         batches in flight)."""
         return functional_call(self, {n: p.clone() for n, p in self.named_parameters()}, (state, y))
 
-    def regress(self, state, y, true_grads):
-        """MSE between the prediction and B * the true gradient; returns (loss, mse, cos)."""
-        return self.loss(self(state, y), y, true_grads)
-
     @staticmethod
     def loss(pred, y, true_grads):
-        """``regress`` on a kept prediction (a tuple shaped like the state)."""
+        """MSE between a prediction (a tuple shaped like the state, with its graph) and
+        B * the true gradient; returns (loss, mse, cos)."""
         pred = torch.cat([p.flatten(1) for p in pred], 1)
         target = torch.cat([g.flatten(1) for g in true_grads], 1) * len(y)
         loss = F.mse_loss(pred, target)

@@ -85,7 +85,6 @@ class Synthetic(Rule):
     def attach(self, stage):
         self.module = stage.cnet.sg[stage.i]
         self.opt = make_optimizer("adam", self.module.parameters(), self.sg_lr)
-        self.stats = stage.stats
 
     def after_forward(self, stage, b, inp, out, labels):
         state = tuple(t.detach() for t in out)
@@ -141,13 +140,21 @@ class Delayed(Rule):
     def __init__(self, max_in_flight=1, shrink=1.0):
         self.max_in_flight, self.shrink = max_in_flight, shrink
         self.pending = deque()
+        self.free = []  # stashes whose batch is done: reused, so that no batch allocates one
 
     def attach(self, stage):
         self.names = stage.named_parameters()
 
     def forward(self, stage, inp, labels):
         with stage.prof("forward"):
-            self.stash = {n: p.detach().clone().requires_grad_() for n, p in self.names.items()}
+            if self.free:
+                self.stash = self.free.pop()
+                with torch.no_grad():
+                    for n, p in self.names.items():
+                        self.stash[n].copy_(p)
+                        self.stash[n].grad = None
+            else:
+                self.stash = {n: p.detach().clone().requires_grad_() for n, p in self.names.items()}
             return functional_call(stage.piece, self.stash, (inp,))
 
     def after_forward(self, stage, b, inp, out, labels):
@@ -164,6 +171,7 @@ class Delayed(Rule):
                 p.grad = stash[n].grad
         stage.send_input_grad(b, inp)
         stage.step()
+        self.free.append(stash)
 
     def drain(self, stage):
         while self.pending:

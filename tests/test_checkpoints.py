@@ -245,3 +245,24 @@ def test_a_run_killed_at_a_random_moment_leaves_every_file_whole(tmp_path):
             for path in run_dir.iterdir():
                 _is_whole(path)
     assert checked >= 3
+
+
+def test_pvd_stopping_early_at_its_target_checkpoints_that_iteration(tmp_path):
+    """With CHECKPOINT_EVERY 5, a PVD run that reaches TARGET_ACC at an iteration that is no
+    multiple of 5 still saves that iteration: a resume continues from where it stopped."""
+    import datasets
+    from models import build_model
+    from pvd import PVDConfig, run_serial
+    from scripts.constants import Config
+    from scripts.resume import Checkpointer
+
+    data = datasets.load("ELLIPSE", seed=0)
+    torch.manual_seed(0)
+    model = build_model("verlet", (2,), 2, 4, 0.5, width=4)
+    cfg = PVDConfig(iterations=20, steps=10, target_acc=0.85, seed=0)
+    saver = Checkpointer(tmp_path, Config({"CHECKPOINT_EVERY": 5}), cfg.iterations)
+    out = run_serial(model, data, cfg, saver=saver)
+    stopped = out["history"]["iteration"][-1]
+    assert stopped < cfg.iterations and stopped % 5, f"the run should stop early, off the 5s: {stopped}"
+    state, _ = checkpoint.load(tmp_path)
+    assert state["iteration"] == stopped and out["history"]["test_acc"][-1] >= 0.85

@@ -43,14 +43,14 @@ def test_a_module_learns_the_true_gradient_of_a_fixed_problem():
     for _ in range(30):
         for xb, yb in datasets.batches(data.x_train, data.y_train, 64, generator=gen):
             state, true = cut_and_gradient(xb, yb)
-            sg_loss, _, _ = module.regress(state, yb, true)
+            sg_loss, _, _ = module.loss(module(state, yb), yb, true)
             opt.zero_grad()
             sg_loss.backward()
             opt.step()
     state, true = cut_and_gradient(data.x_test, data.y_test)
-    _, _, cos = module.regress(state, data.y_test, true)
+    _, _, cos = module.loss(module(state, data.y_test), data.y_test, true)
     assert cos > 0.9
-    pred = torch.cat([g.flatten() for g in module.predict(state, data.y_test)])
+    pred = torch.cat([g.flatten() for g in module.synthetic(module(state, data.y_test), data.y_test)])
     assert F.cosine_similarity(pred, torch.cat([g.flatten() for g in true]), dim=0) > 0.9
 
 
@@ -59,7 +59,7 @@ def test_modules_start_at_zero_and_keep_the_state_shape(conv):
     cnet = digits_net(arch="leapfrog", conv=conv, kind="mlp2")
     x, y = torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,))
     state = cnet.stage_forward(0, x)
-    pred = cnet.sg[0].predict(state, y)
+    pred = cnet.sg[0].synthetic(cnet.sg[0](state, y), y)
     assert len(pred) == 2 and all(p.shape == s.shape and (p == 0).all() for p, s in zip(pred, state))
     with pytest.raises(ValueError, match="valid: linear, mlp1, mlp2"):
         SyntheticGradient((4,), 1, 2, kind="mlp3")
@@ -177,9 +177,9 @@ def test_one_module_pass_serves_the_synthetic_gradient_and_the_regression(kind):
     state = (torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
     y, true = torch.randint(0, 5, (6,)), (torch.randn(6, 3, 4, 4), torch.randn(6, 3, 4, 4))
     pred = module.start(state, y)
-    for s, p in zip(module.synthetic(pred, y), module.predict(state, y)):
+    for s, p in zip(module.synthetic(pred, y), module.synthetic(module(state, y), y)):
         torch.testing.assert_close(s, p)
-    module.regress(state, y, true)[0].backward()
+    module.loss(module(state, y), y, true)[0].backward()
     expected = [p.grad.clone() for p in module.parameters()]
     module.zero_grad()
     opt = torch.optim.Adam(module.parameters(), 1e-2)
