@@ -177,16 +177,22 @@ def _num_proc(name, value, cfg, meta):
     check(value <= cfg.N, f"NUM_PROC ({value}) cannot exceed the number of layers N ({cfg.N})")
 
 
-def _depths(name, value, cfg, meta):
+def depths_of(cfg):
+    """DEPTHS ("4,8,16") as the sorted depths; UsageError if it holds no depths >= 1."""
     try:
-        depths = sorted({int(d) for d in str(value).split(",") if d.strip()})
+        depths = sorted({int(d) for d in str(cfg.DEPTHS).split(",") if d.strip()})
     except ValueError:
-        raise UsageError(f"DEPTHS must be comma-separated integers, got {value!r}") from None
-    check(depths and depths[0] >= 1, f"DEPTHS must hold layer counts >= 1, got {value!r}")
+        raise UsageError(f"DEPTHS must be comma-separated integers, got {cfg.DEPTHS!r}") from None
+    check(depths and depths[0] >= 1, f"DEPTHS must hold layer counts >= 1, got {cfg.DEPTHS!r}")
+    return depths
+
+
+def _depths(name, value, cfg, meta):
+    depths_of(cfg)
 
 
 def _spectra_depth(name, value, cfg, meta):
-    depths = sorted({int(d) for d in str(cfg.DEPTHS).split(",") if d.strip()})
+    depths = depths_of(cfg)
     check(value in depths, f"SPECTRA_DEPTH {value} is not one of DEPTHS {depths}")
 
 

@@ -19,7 +19,7 @@ from models import stability as st  # noqa: E402
 from models.training import mean_loss  # noqa: E402
 from scripts import plotting  # noqa: E402
 from scripts.architecture import lowest, train  # noqa: E402
-from scripts.constants import configure  # noqa: E402
+from scripts.constants import configure, depths_of  # noqa: E402
 from scripts.entry import run  # noqa: E402
 from scripts.experiment import build, open_run  # noqa: E402
 from scripts.rundir import emit_result  # noqa: E402
@@ -47,10 +47,6 @@ SEED = 0  # random seed (data split, initialisation, perturbations)
 DEVICE = "auto"  # auto (cuda if present), cpu, cuda, cuda:1, ...
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
-
-
-def _depths(cfg):
-    return sorted({int(d) for d in str(cfg.DEPTHS).split(",") if d.strip()})  # checked by scripts.constants
 
 
 def _probe(model, x, cfg):
@@ -82,7 +78,7 @@ def run_stability(script_file, cfg):
     architectures and depths, train_time_s the sum)."""
     o = open_run(script_file, cfg.replace(CONV=False))  # dense networks; every architecture below
     cfg, meta, device, data, rundir = o.cfg, o.meta, o.device, o.data, o.run
-    depths = _depths(cfg)
+    depths = depths_of(cfg)
     print(f"stability of the four architectures on {meta.name} (dense), depths {depths}, h = {cfg.FINAL_TIME}/N, "
           f"{cfg.EPOCHS} epochs each, on {device}; results in {rundir.path}")
     phase = phase_plane(cfg)

@@ -22,6 +22,7 @@ from models.base import split_layers
 from models.training import make_optimizer, sync
 
 from .modules import SyntheticGradient
+from .rules import LocalHead
 
 BALANCE_MODES = ("cost", "even")
 
@@ -102,8 +103,6 @@ def measure_costs(net, x, y, *, rule="synthetic", sg_kind="linear", cuts=None, r
     head (pieces of one state shape are timed once), or each layer's forward pass again
     (replay).  A copy of ``net``, on the batch's device, is timed; ``net`` is left as it
     was."""
-    from .rules import LocalHead
-
     net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
     states = [net.initial_state(x)]
@@ -149,16 +148,16 @@ def measure_costs(net, x, y, *, rule="synthetic", sg_kind="linear", cuts=None, r
         shape = net.state_shape_at(b)
         if shape not in shapes:
             shapes[shape] = len(pieces)
-            pieces.append(_cut_piece(rule, net, tuple(t.detach() for t in states[b]), y, sg_kind, stepped,
-                                     LocalHead))
+            pieces.append(stepped(*_cut_work(rule, net, tuple(t.detach() for t in states[b]), y, sg_kind)))
     t = _timed(pieces, repeats, x.device)
     return Costs(t[:n], t[n], t[n + 1], {b: t[shapes[net.state_shape_at(b)]] for b in cuts if shapes},
                  t[n + 2:2 * n + 2] if rule == "replay" else [])
 
 
-def _cut_piece(rule, net, state, y, sg_kind, stepped, head_class):
-    """The timed work of ``rule`` at a cut whose state is ``state``: the module's one pass
-    and regression (synthetic), or the local head's loss and backward pass (local)."""
+def _cut_work(rule, net, state, y, sg_kind):
+    """The work of ``rule`` at a cut whose state is ``state``, and the parameters it trains:
+    the module's one pass and regression (synthetic), or the local head's loss and
+    backward pass (local)."""
     if rule == "synthetic":
         module = SyntheticGradient(state[0].shape[1:], len(state), net.num_classes, conv=net.conv,
                                    kind=sg_kind).to(state[0].device)
@@ -167,13 +166,13 @@ def _cut_piece(rule, net, state, y, sg_kind, stepped, head_class):
             pred = module.start(state, y)
             module.synthetic(pred, y)
             module.loss(pred, y, state)[0].backward()
-        return stepped(work, list(module.parameters()))
-    head = head_class(state[0].shape[1:], net.num_classes).to(state[0].device)
+        return work, list(module.parameters())
+    head = LocalHead(state[0].shape[1:], net.num_classes).to(state[0].device)
     inp = state[0].requires_grad_()
 
     def work():
         F.cross_entropy(head(inp), y).backward()
-    return stepped(work, list(head.parameters()))
+    return work, list(head.parameters())
 
 
 def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="linear", threads=1, multiple=1,

@@ -49,9 +49,12 @@ class PipelineConfig:
         return "exact" if epoch > self.epochs - self.exact_epochs else self.rule
 
 
+def _rule(cfg, name):
+    return make_rule(name, max_in_flight=cfg.max_in_flight, sg_lr=cfg.sg_lr, shrink=cfg.shrink, teach=cfg.teach)
+
+
 def make_stage(cnet, i, cfg, transport, profile):
-    rule = make_rule(cfg.rule, max_in_flight=cfg.max_in_flight, sg_lr=cfg.sg_lr, shrink=cfg.shrink, teach=cfg.teach)
-    return Stage(cnet, i, rule, transport, lr=cfg.lr, optimizer=cfg.optimizer, profile=profile)
+    return Stage(cnet, i, _rule(cfg, cfg.rule), transport, lr=cfg.lr, optimizer=cfg.optimizer, profile=profile)
 
 
 def set_rule(stage, cfg, epoch):
@@ -60,8 +63,7 @@ def set_rule(stage, cfg, epoch):
     name = cfg.rule_in(epoch)
     stage.sends = CLASSES[name].sends_gradients
     if not stage.last and stage.rule.name != name:
-        stage.rule = stage.rules.setdefault(name, make_rule(name, max_in_flight=cfg.max_in_flight,
-                                                            shrink=cfg.shrink))
+        stage.rule = stage.rules.setdefault(name, _rule(cfg, name))
         stage.rule.attach(stage)
 
 

@@ -162,10 +162,14 @@ class Delayed(Rule):
         while len(self.pending) > self.max_in_flight:
             yield from self._apply(stage)
 
+    def _late(self, grad):
+        """The late gradient as applied: times beta."""
+        return tuple(self.shrink * g for g in grad) if self.shrink != 1 else grad
+
     def _apply(self, stage):
         b, inp, out, stash = self.pending.popleft()
         grad = yield from stage.true_gradient(b)
-        stage.backward(out, tuple(self.shrink * g for g in grad) if self.shrink != 1 else grad)
+        stage.backward(out, self._late(grad))
         with stage.prof("step"):
             for n, p in self.names.items():
                 p.grad = stash[n].grad
@@ -199,7 +203,7 @@ class Replay(Delayed):
         b, inp = self.pending.popleft()
         grad = yield from stage.true_gradient(b)
         out = stage.forward(inp, kind="replay")
-        stage.backward(out, tuple(self.shrink * g for g in grad) if self.shrink != 1 else grad)
+        stage.backward(out, self._late(grad))
         stage.send_input_grad(b, inp)
         stage.step()
 

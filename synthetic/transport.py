@@ -12,6 +12,7 @@ processes it blocks until the message is there (and never yields).
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
 
 import torch
@@ -101,10 +102,7 @@ class PointToPoint:
         self.sent = {"state": 0, "gradient": 0}
 
     def _width(self, shape):
-        n = 1
-        for d in shape:
-            n *= d
-        return self.n_state * n
+        return self.n_state * math.prod(shape)
 
     def _isend(self, t, dst, tag):
         self.pending_sends.append((t, dist.isend(t, dst, tag=tag)))
