@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from datasets.batching import batches, epoch_batches
 from models.checkpoint import restore, training_state
+from models.recording import OFF
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -98,7 +99,8 @@ class Progress:
 
 
 def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_gamma=0.5,
-        alpha_f=0.0, alpha_c=0.0, seed=0, log=None, resume=None, on_epoch_end=None, augment=False):
+        alpha_f=0.0, alpha_c=0.0, seed=0, log=None, resume=None, on_epoch_end=None, augment=False,
+        recorder=None, test=None):
     """Train ``model`` on the tensors x, y (already on the model's device).
 
     Cross-entropy on the logits, plus the paper's regularisers when alpha_f/alpha_c > 0.
@@ -113,6 +115,9 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     the training state (model, optimiser, scheduler, random generators, history, epoch);
     given back as ``resume``, that state continues the run after its epoch exactly as if it
     had never stopped (the same batches, the same parameters, bit for bit).
+    ``recorder`` (models.recording.Recorder) takes the points of a training curve.
+    ``test`` (x_test, y_test) adds each epoch's test accuracy to the history (measured
+    after the epoch's clock has stopped).
     """
     opt = make_optimizer(optimizer, model.parameters(), lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step > 0 else None
@@ -124,6 +129,8 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
 
     model.train()
     n_batches = -(-len(y) // batch_size)
+    recorder = recorder or OFF
+    recorder.start()
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=x.device)
@@ -141,17 +148,24 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
             bar.step(loss_sum, seen)
+            recorder.batch_end(loss, len(yb))
         bar.close()
         if sched is not None:
             sched.step()
+        recorder.epoch_end()
         mean_loss = loss_sum.item() / len(y)
         seconds = time.perf_counter() - t0
         check_finite(mean_loss, model, lr, epoch)
         acc = correct.item() / len(y)
-        for key, val in zip(history, (epoch, mean_loss, acc, seconds)):
+        for key, val in zip(("epoch", "loss", "train_acc", "seconds"), (epoch, mean_loss, acc, seconds)):
             history[key].append(val)
+        tested = ""
+        if test is not None:
+            with recorder.paused():
+                history.setdefault("test_acc", []).append(evaluate(model, *test))
+            tested = f"  test acc {history['test_acc'][-1]:.4f}"
         if log is not None:
-            log(f"epoch {epoch:4d}  loss {mean_loss:.4f}  train acc {acc:.4f}  {seconds:.2f}s")
+            log(f"epoch {epoch:4d}  loss {mean_loss:.4f}  train acc {acc:.4f}{tested}  {seconds:.2f}s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, lambda epoch=epoch: training_state(epoch, model, [opt], None, history, sched))
     return history

@@ -35,6 +35,7 @@ from datasets.augment import crop_flip
 from datasets.batching import batch_bounds
 from models.base import split_layers
 from models.checkpoint import fail_once
+from models.recording import OFF
 from models.training import evaluate, make_optimizer
 
 SYNC_RULES = ("best", "affine")
@@ -316,12 +317,20 @@ class PVD:
         return {"epoch": hist.iteration[-1], "iteration": hist.iteration[-1],
                 "x": {n: t.detach().cpu() for n, t in self.x.items()}, "history": asdict(hist)}
 
-    def run(self, log=None, resume=None, on_iteration_end=None):
+    def epochs_per_iteration(self):
+        """Passes over the training set of a parallel phase (the direction and the
+        scoring passes not counted)."""
+        n_batches = len(batch_bounds(len(self.data.y_train), self.cfg.batch_size))
+        return min(self.cfg.steps, self.cfg.epochs * n_batches) / n_batches if self.cfg.steps else self.cfg.epochs
+
+    def run(self, log=None, resume=None, on_iteration_end=None, recorder=OFF):
         """Iterate to the target accuracy or the iteration limit; returns the History.
 
         ``resume``, a ``state``, continues after its iteration as if the run had never
         stopped; ``on_iteration_end(k, state, final)`` gets a function building that state,
-        and ``final`` True at the iteration the run stops at."""
+        and ``final`` True at the iteration the run stops at.  ``recorder``
+        (models.recording) takes a point after every iteration, its clock paused for the
+        accuracies the loop computes."""
         cfg = self.cfg
         hist, start, t_offset, theoretical = History(), 1, 0.0, 0.0
         if resume is not None:
@@ -334,14 +343,17 @@ class PVD:
                 return hist
         self.comm.barrier()  # the clock starts when every processor is ready
         t_start = time.perf_counter() - t_offset
+        recorder.start()
         for k in range(start, cfg.iterations + 1):
             loss, best, proc_times, cand_losses, t_sync = self.iteration(k)
             theoretical += max(proc_times) + t_sync
             self.load_into_model()
-            flag = torch.tensor([self.correct(self.data.x_train, self.data.y_train),
-                                 self.correct(self.data.x_test, self.data.y_test)], dtype=torch.float64,
-                                device=self._dev())
-            flag = self.comm.all_reduce(flag).cpu()
+            recorder.epoch_end(loss, self.epochs_per_iteration())
+            with recorder.paused():
+                flag = torch.tensor([self.correct(self.data.x_train, self.data.y_train),
+                                     self.correct(self.data.x_test, self.data.y_test)], dtype=torch.float64,
+                                    device=self._dev())
+                flag = self.comm.all_reduce(flag).cpu()
             flag[0] /= len(self.data.y_train)
             flag[1] /= len(self.data.y_test)
             wall = time.perf_counter() - t_start

@@ -14,7 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pvd import PVDConfig, parallel_worker, run_serial  # noqa: E402
-from scripts import plotting  # noqa: E402
+from scripts import board, plotting  # noqa: E402
 from scripts.constants import configure  # noqa: E402
 from scripts.entry import run  # noqa: E402
 from scripts.experiment import augmenting, build, describe, open_run  # noqa: E402
@@ -104,6 +104,7 @@ def report(cfg, run_dir, out):
     result["train_time_s"] = result["wall_time_s"]
     run_dir.save_json("metrics.json", {"history": hist, **result})
     run_dir.save_weights("model.pt", out["state_dict"])
+    board.write_history(run_dir.path, hist, step_key="iteration", seconds_key="wall_time_s", cumulative=False)
     series = {k: hist[k] for k in ("loss", "train_acc", "test_acc")}
     title = f"PVD, {cfg.NUM_PROC} processors"
     plotting.curves(run_dir.file("pvd_iterations.png"), {"PVD": {"iteration": hist["iteration"], **series}},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from models import MODELS
 from models.training import evaluate, fit
-from scripts import plotting
+from scripts import board, plotting
 from scripts.constants import check
 from scripts.experiment import augmenting, build, describe, open_run
 from scripts.resume import Checkpointer, PhaseStates
@@ -18,7 +18,8 @@ def train(cfg, model, data, log, resume=None, on_epoch_end=None):
                   batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, lr_step=cfg.LR_STEP,
                   alpha_f=cfg.ALPHA_F if getattr(cfg, "REG_F", False) else 0.0,
                   alpha_c=cfg.ALPHA_C if getattr(cfg, "REG_C", False) else 0.0, seed=cfg.SEED, log=log,
-                  resume=resume, on_epoch_end=on_epoch_end, augment=augmenting(cfg, data.info))
+                  resume=resume, on_epoch_end=on_epoch_end, augment=augmenting(cfg, data.info),
+                  test=(data.x_test, data.y_test))
     result = {"train_acc": evaluate(model, data.x_train, data.y_train),
               "test_acc": evaluate(model, data.x_test, data.y_test), "train_time_s": sum(history["seconds"])}
     return history, result
@@ -41,6 +42,7 @@ def train_single(script_file, cfg):
     result["checkpoint_s"] = saver.seconds
     run.save_json("metrics.json", {"history": history, **result})
     run.save_weights("model.pt", model.state_dict())
+    board.write_history(run.path, history)
     plotting.curves(run.file("training.png"), {o.arch: history}, title=f"{o.arch} on {o.meta.name}")
     print(f"train acc {result['train_acc']:.4f}  test acc {result['test_acc']:.4f}  "
           f"time {result['train_time_s']:.1f}s")
@@ -66,6 +68,8 @@ def train_toy(script_file, cfg):
     for arch, r in results.items():
         print(f"{arch:<14} {r['train_acc']:>9.4f} {r['test_acc']:>8.4f} {r['train_time_s']:>9.1f}")
     run.save_json("metrics.json", {"history": histories, "results": results})
+    for arch, history in histories.items():
+        board.write_history(run.path / arch, history)
     plotting.toy_figure(run.file(f"{o.meta.name.lower()}.png"), models, data)
     plotting.curves(run.file("training.png"), histories, title=o.meta.name)
     emit_result({"dataset": o.meta.name, **lowest(results), "results": results, "run_dir": str(run.path)})

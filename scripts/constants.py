@@ -242,6 +242,12 @@ CHECKS = {
     "RULE": _one_of(_names("synthetic.rules", "RULES")),
     "SHRINK": _positive(),
     "EXACT_EPOCHS": _at_least(0),
+    # the race (scripts/racing.py checks TRAINERS, TARGET and SEEDS)
+    "TRAIN_SAMPLES": _at_least(0),
+    "POINTS_PER_EPOCH": _at_least(1),
+    "PROCESSES": _at_least(2),
+    "MICROBATCHES": _at_least(1),
+    "COARSE_EPOCHS": _at_least(1),
     # PVD
     "NUM_PROC": _num_proc,
     "ITERATIONS": _at_least(1),

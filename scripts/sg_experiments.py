@@ -7,8 +7,9 @@ import time
 import torch
 
 from models import build_model, split_layers
+from models.recording import evaluate_points
 from models.training import evaluate
-from scripts import plotting
+from scripts import board, plotting
 from scripts.experiment import augmenting, describe, model_kwargs, open_run
 from scripts.launch import default_threads, launch, pick_backend, world_size_for
 from scripts.resume import Checkpointer, PhaseStates, load_checkpoint
@@ -73,16 +74,17 @@ def _print_split(split):
     print(line, flush=True)
 
 
-def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False):
+def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False, points=0):
     """The pipeline's configuration from the constants (``teach``: the coarse level of
-    the multilevel scripts, true gradients teaching the modules)."""
+    the multilevel scripts, true gradients teaching the modules; ``points``: points of
+    the training curve an epoch)."""
     return PipelineConfig(
         rule="synthetic" if teach else cfg.RULE, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE,
         batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, shrink=cfg.SHRINK,
         exact_epochs=0 if teach else cfg.EXACT_EPOCHS, teach=teach, seed=cfg.SEED, augment=augmenting(cfg, data.info),
         fail_stage=getattr(cfg, "FAIL_STAGE", -1), fail_epoch=getattr(cfg, "FAIL_EPOCH", 1),
         fail_mode=getattr(cfg, "FAIL_MODE", "raise"), run_dir=str(run.path) if run is not None else None,
-        checkpoint_every=cfg.CHECKPOINT_EVERY)
+        checkpoint_every=cfg.CHECKPOINT_EVERY, points_per_epoch=points)
 
 
 def _accuracy(cnet, data):
@@ -104,10 +106,18 @@ def _per_cut(histories, key):
     return [[v for h in histories for v in h[key][e]] for e in range(len(histories[0][key]))] if histories else []
 
 
+def _test_accuracies(cnet, points, data, epochs):
+    """The test accuracy after each of ``epochs`` (None where this launch has no point:
+    the epochs before a resume), from the points the stages took at their epochs' ends."""
+    curve = evaluate_points(cnet, points, data.x_test, data.y_test)
+    at = {round(p["epoch"]): p["test_acc"] for p in curve}
+    return [at.get(e) for e in epochs]
+
+
 def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
     t0 = time.perf_counter()
     out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), pipeline_config(cfg, data, epochs=epochs, lr=lr,
-                                                                                      run=run)),
+                                                                                      run=run, points=1)),
                  threads=cfg.THREADS, max_restarts=cfg.MAX_RESTARTS)
     wall = time.perf_counter() - t0
     if out is None:  # a non-zero rank under torchrun
@@ -116,8 +126,9 @@ def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
         cnet = cnet.with_bounds(out["bounds"])
     cnet.load_state_dict(out["state_dict"])
     last = out["histories"][-1]
-    hist = {"epoch": last["epoch"], "loss": last["loss"], **{k: _per_cut(out["histories"][:-1], k)
-                                                            for k in ("sg_mse", "sg_cos", "head_loss")}}
+    hist = {"epoch": last["epoch"], "loss": last["loss"], "seconds": last["seconds"],
+            "test_acc": _test_accuracies(cnet, out["points"], data, last["epoch"]),
+            **{k: _per_cut(out["histories"][:-1], k) for k in ("sg_mse", "sg_cos", "head_loss")}}
     messages = {k: sum(m[k] for m in out["messages"]) for k in out["messages"][0]}
     return hist, {"rule": cfg.RULE, "train_time_s": out["train_time_s"], "wall_time_s": wall, **_accuracy(cnet, data),
                   "messages": messages, "profile": out["profiles"]}
@@ -134,6 +145,11 @@ def _report_profile(run, result, label):
 
 def _finish(run, name, series, result):
     run.save_json("metrics.json", {"history": series, **result})
+    for label, h in series.items():
+        board.write_history(run.path / label.replace(" ", "_"), h)
+    profile = result.get("profile") or (result.get("fine") or {}).get("profile")
+    if profile:  # each stage's share of its wall time spent computing
+        board.write_scalars(run.path, {"busy_fraction": [p["busy_fraction"] for p in profile]})
     result = {k: v for k, v in result.items() if k != "profile"}  # the RESULT line: no timelines
     for level in ("coarse", "fine", "scratch"):
         if isinstance(result.get(level), dict):

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from models import MODELS  # noqa: E402
 from models import stability as st  # noqa: E402
 from models.training import mean_loss  # noqa: E402
-from scripts import plotting  # noqa: E402
+from scripts import board, plotting  # noqa: E402
 from scripts.architecture import lowest, train  # noqa: E402
 from scripts.constants import configure, depths_of  # noqa: E402
 from scripts.entry import run  # noqa: E402
@@ -101,6 +101,7 @@ def run_stability(script_file, cfg):
             if n == cfg.SPECTRA_DEPTH:
                 spectra[arch] = {"init": eig_init, "trained": st.step_eigenvalues(model, x_spec).cpu()}
             probes[arch][n], histories[arch][n] = {"init": before, "trained": after}, history
+            board.write_history(rundir.path / f"{arch}-N{n}", history)
             key = str(n)
             r["growth_init"][key] = before["growth"][-1].mean().item()
             r["growth_trained"][key] = after["growth"][-1].mean().item()

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from models import checkpoint
 from models.checkpoint import fail_once
+from models.recording import recorder
 from models.training import check_finite
 
 from .pipeline import PipelineConfig, epoch_record, make_stage, set_rule
@@ -108,11 +109,14 @@ def _fault(cfg, rank):
     return before_batch
 
 
-def _epoch(stage, data, cfg, epoch, hist):
-    """One epoch of this stage, recorded in ``hist`` (the loss on the last stage)."""
+def _epoch(stage, data, cfg, epoch, hist, rec):
+    """One epoch of this stage, recorded in ``hist`` (the loss on the last stage) and by
+    ``rec`` (models.recording)."""
     set_rule(stage, cfg, epoch)
     t0 = time.perf_counter()
-    loss = run_alone(stage.epoch(epoch, data, cfg.batch_size, cfg.seed, cfg.augment, _fault(cfg, stage.i)))
+    loss = run_alone(stage.epoch(epoch, data, cfg.batch_size, cfg.seed, cfg.augment, _fault(cfg, stage.i),
+                                 rec.batch_end))
+    rec.epoch_end()
     loss = loss.item() if loss is not None else None
     if loss is not None:
         check_finite(loss, stage.cnet.net, cfg.lr, epoch)
@@ -133,19 +137,22 @@ def stage_worker(ctx, cnet, data, cfg: PipelineConfig):
     run_dir = _run_dir(cfg)
     start, hist = _resume(stage, run_dir, ctx, cfg.verbose)
     prior_seconds = sum(hist["seconds"])
+    rec = recorder(_owned(stage), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, ctx.device, start)
     dist.barrier()
     prof.start()
     t_start = time.perf_counter()
+    rec.start()
     for epoch in range(start + 1, cfg.epochs + 1):
-        _epoch(stage, data, cfg, epoch, hist)
+        _epoch(stage, data, cfg, epoch, hist, rec)
         if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             _save(stage, run_dir, epoch, hist)
     prof.stop()  # before the barrier: a stage's wall time ends with its own last piece of work
     dist.barrier()
-    return _gathered(ctx, stage, hist, prof, prior_seconds + time.perf_counter() - t_start)
+    return _gathered(ctx, stage, hist, prof, prior_seconds + time.perf_counter() - t_start, rec)
 
 
-def _gathered(ctx, stage, hist, prof, train_time):
+def _gathered(ctx, stage, hist, prof, train_time, rec):
+    points = rec.gather()
     state_dict = gather_owned(stage.cnet, stage.owned())
     everything = [None] * ctx.world_size
     dist.all_gather_object(everything, {"history": hist, "profile": prof.summary(),
@@ -154,7 +161,7 @@ def _gathered(ctx, stage, hist, prof, train_time):
         return None
     return {"state_dict": state_dict, "histories": [e["history"] for e in everything],
             "profiles": [e["profile"] for e in everything], "messages": [e["messages"] for e in everything],
-            "bounds": stage.cnet.bounds, "train_time_s": train_time}
+            "bounds": stage.cnet.bounds, "train_time_s": train_time, "points": points}
 
 
 def gather_owned(net, owned):

@@ -2,7 +2,8 @@
 torch's DistributedDataParallel, and torch.distributed.pipelining with the GPipe and 1F1B
 schedules, on the same StableNet cut at the same places.  Workers for ``scripts.launch``;
 both train with true gradients (the result is backprop's, up to rounding) and return
-rank 0's trained parameters and the training time.
+rank 0's trained parameters, the training time and, with ``points_per_epoch``, the
+points of the training curve (models.recording).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from datasets.batching import epoch_batches
 from models.base import split_layers
+from models.recording import recorder
 from models.training import make_optimizer, sync
 
 from .distributed import gather_owned
@@ -35,6 +37,7 @@ class PeerConfig:
     schedule: str = "gpipe"  # pipelining: gpipe or 1f1b
     microbatches: int = 4  # pipelining: micro-batches per batch
     bounds: tuple = ()  # pipelining: the layer range of each stage (default: even)
+    points_per_epoch: int = 0  # points of a training curve an epoch (0: none)
 
 
 class Piece(nn.Module):
@@ -72,8 +75,11 @@ def ddp_worker(ctx, net, data, cfg: PeerConfig):
     model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     data = data.to(dev)
+    # every rank copies its parameters at a point: the same pauses everywhere
+    rec = recorder(dict(net.named_parameters()), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, dev)
     dist.barrier()
     t0 = time.perf_counter()
+    rec.start()
     for epoch in range(1, cfg.epochs + 1):
         for xb, yb in epoch_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, epoch):
             share = slice(ctx.rank, None, ctx.world_size)  # equal shares: the mean of means is the batch mean
@@ -81,11 +87,14 @@ def ddp_worker(ctx, net, data, cfg: PeerConfig):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            rec.batch_end(loss, len(yb))
+        rec.epoch_end()
     sync(dev)
     dist.barrier()
     seconds = time.perf_counter() - t0
+    points = rec.gather(replicated=True)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    return {"state_dict": state, "train_time_s": seconds} if ctx.is_main else None
+    return {"state_dict": state, "train_time_s": seconds, "points": points} if ctx.is_main else None
 
 
 def pipeline_worker(ctx, net, data, cfg: PeerConfig):
@@ -105,25 +114,33 @@ def pipeline_worker(ctx, net, data, cfg: PeerConfig):
     own = piece.own_parameters()
     opt = make_optimizer(cfg.optimizer, own, cfg.lr)
     data = data.to(dev)
+    mine = set(map(id, own))
+    rec = recorder({n: p for n, p in net.named_parameters() if id(p) in mine}, len(data.y_train), cfg.batch_size,
+                   cfg.points_per_epoch, dev)
     dist.barrier()
     t0 = time.perf_counter()
+    rec.start()
     for epoch in range(1, cfg.epochs + 1):
         for xb, yb in epoch_batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed, epoch):
             if len(yb) % cfg.microbatches:
                 raise ValueError(f"a batch of {len(yb)} does not split into {cfg.microbatches} micro-batches")
+            losses = []
             if i == 0:
                 schedule.step(xb)
             elif i == M - 1:
-                schedule.step(target=yb, losses=[])
+                schedule.step(target=yb, losses=losses)
             else:
                 schedule.step()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            rec.batch_end(sum(losses) / len(losses) if losses else None, len(yb))
+        rec.epoch_end()
     sync(dev)
     dist.barrier()
     seconds = time.perf_counter() - t0
-    state = gather_owned(net, set(map(id, own)))
-    return {"state_dict": state, "train_time_s": seconds} if ctx.is_main else None
+    points = rec.gather()
+    state = gather_owned(net, mine)
+    return {"state_dict": state, "train_time_s": seconds, "points": points} if ctx.is_main else None
 
 
 def samples_for(batch_sizes, microbatches, at_least):

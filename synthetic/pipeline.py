@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from models.recording import OFF
 from models.training import Progress, check_finite, evaluate, sync
 
 from .profile import StageProfile
@@ -39,6 +40,7 @@ class PipelineConfig:
     run_dir: str | None = None  # checkpoints go here (rank 0's value counts); None: none
     checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
     timeline_batches: int = 8  # batches of the profile's timeline (the first ones)
+    points_per_epoch: int = 0  # one stage per process: points of a training curve an epoch (0: none)
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -78,14 +80,17 @@ def epoch_record(cut_stages, hist, epoch, loss, seconds):
         hist.setdefault(key, []).append([m[name] for m in means if name in m])
 
 
-def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=None, on_epoch_end=None):
+def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=None, on_epoch_end=None,
+                 recorder=None):
     """Train ``cnet`` (on the data's device) as a pipeline whose stages take turns in this
     process; returns the per-epoch history (its ``theoretical_s``: the busiest stage's
     compute, the time of the pipeline whose stages never wait).
 
     ``on_epoch_end(epoch, state)`` and ``resume`` as in models.training.fit: the state
     (the network with its modules, every stage's optimiser and rule, the history)
-    continues the run after its epoch exactly as if it had never stopped."""
+    continues the run after its epoch exactly as if it had never stopped.  ``recorder``
+    (models.recording.Recorder) takes the points of a training curve, its clock paused
+    for the per-epoch test accuracy."""
     device = data.x_train.device
     hub = Loopback()
     profiles = [StageProfile(device) for _ in range(cnet.num_stages)]
@@ -97,6 +102,8 @@ def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=No
         for st, saved in zip(stages, resume["stages"], strict=True):
             st.load_state_dict(saved)
         hist, start = {k: list(v) for k, v in resume["history"].items()}, resume["epoch"] + 1
+    recorder = recorder or OFF
+    recorder.start()
     for epoch in range(start, cfg.epochs + 1):
         for st in stages:
             set_rule(st, cfg, epoch)
@@ -105,15 +112,19 @@ def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=No
         sync(device)
         t0 = time.perf_counter()
         works = [st.epoch(epoch, data, cfg.batch_size, cfg.seed, cfg.augment,
-                          before_batch=(lambda e, b: bar.step()) if st.i == 0 else None) for st in stages]
+                          before_batch=(lambda e, b: bar.step()) if st.i == 0 else None,
+                          after_batch=recorder.batch_end if st.last else None)
+                 for st in stages]
         loss = run_together(works, hub)[-1].item()
         sync(device)
         seconds = time.perf_counter() - t0
         bar.close()
+        recorder.epoch_end()
         check_finite(loss, cnet.net, cfg.lr, epoch)
         epoch_record(stages[:-1], hist, epoch, loss, seconds)
         hist["theoretical_s"].append(max(p.summary()["busy_s"] - b for p, b in zip(profiles, busy)))
-        hist["test_acc"].append(evaluate(cnet, data.x_test, data.y_test))
+        with recorder.paused():
+            hist["test_acc"].append(evaluate(cnet, data.x_test, data.y_test))
         if log is not None:
             log(f"{tag}epoch {epoch:3d}  {cfg.rule_in(epoch)}  loss {loss:.4f}  test acc {hist['test_acc'][-1]:.4f}  "
                 f"{seconds:.2f}s (theoretical {hist['theoretical_s'][-1]:.2f}s)")

@@ -119,10 +119,12 @@ class Stage:
             self.transport.expect_grad(b, len(labels))
         yield from self.rule.after_forward(self, b, inp, out, labels)
 
-    def epoch(self, epoch, data, batch_size, seed, augment=False, before_batch=None):
+    def epoch(self, epoch, data, batch_size, seed, augment=False, before_batch=None, after_batch=None):
         """One epoch of the run's batches (``epoch_batches``: stage 0 draws them, the
         others receive them), then the rule's drain: every batch's gradient is applied
-        when it ends.  Returns the mean loss on the last stage (a tensor), else None."""
+        when it ends.  ``before_batch(epoch, b)`` and ``after_batch(loss, size)`` (the
+        loss on the last stage, else None) are called around each batch.  Returns the
+        mean loss on the last stage (a tensor), else None."""
         n = len(data.y_train)
         source = epoch_batches(data.x_train, data.y_train, batch_size, seed, epoch, augment) if self.i == 0 else None
         loss_sum = torch.zeros((), device=data.y_train.device, dtype=torch.float64)
@@ -137,6 +139,8 @@ class Stage:
             loss = yield from self.batch(b, inp, labels)
             if loss is not None:
                 loss_sum += loss.double() * (hi - lo)
+            if after_batch is not None:
+                after_batch(loss, hi - lo)
             self.prof.batch += 1
         yield from self.rule.drain(self)
         self.transport.flush()
