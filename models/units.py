@@ -8,7 +8,7 @@ For an image of shape (c, H, W) and units of C_1, ..., C_U channels:
     unit 2     N_2 layers at C_2 channels                          (B, C_2, H/2, W/2)
     ...
     unit U     N_U layers at C_U channels                          (B, C_U, H/2^(U-1), W/2^(U-1))
-    head       2x2 average pooling, flattened, linear -> classes    (B, classes)
+    head       flattened, linear -> classes                          (B, classes)
 
 The N layers of the network are shared among the units as evenly as possible
 (``split_layers``: 6 layers in 3 units are 2 + 2 + 2), each unit a ``StableNet`` built
@@ -87,8 +87,7 @@ class MultiUnitNet(LayeredNet):
         self.units = nn.ModuleList(blocks)
         self.connectives = nn.ModuleList(Connective(a, b, activation) for a, b in zip(units, units[1:]))
         last = (units[-1], height >> (len(units) - 1), width >> (len(units) - 1))
-        self.pooled = (max(last[1] // 2, 1), max(last[2] // 2, 1))
-        self.classifier = nn.Linear(last[0] * self.pooled[0] * self.pooled[1], num_classes)
+        self.classifier = nn.Linear(last[0] * last[1] * last[2], num_classes)
         self._index()
 
     def _index(self):
@@ -121,9 +120,8 @@ class MultiUnitNet(LayeredNet):
         return unit.step(k, state)
 
     def classify(self, state):
-        """2x2 average pooling of Y (adaptive, so that an odd side such as 7 gives 3 and a
-        side of 1 stays 1), flattened, then the linear classifier."""
-        return self.classifier(F.adaptive_avg_pool2d(state[0], self.pooled).flatten(1))
+        """The last unit's Y, flattened, through the linear classifier."""
+        return self.classifier(state[0].flatten(1))
 
     def state_shape_at(self, j):
         """The shape of one sample's Y entering layer j (j = N: leaving the last layer);
@@ -193,7 +191,7 @@ class MultiUnitNet(LayeredNet):
                 rows.append(("connective conv + pool", unit.state_shape, ""))
             a = self.offsets[u]
             rows.append((f"unit {u + 1}: {unit.name}", unit.state_shape, f"{a}-{a + unit.n_layers - 1}"))
-        rows.append(("2x2 average pool, linear", (self.num_classes,), ""))
+        rows.append(("flattened, linear", (self.num_classes,), ""))
         return "\n".join(f"  {what:<24} {'x'.join(map(str, shape)):>10}  {layers}" for what, shape, layers in rows)
 
     def extra_repr(self):
