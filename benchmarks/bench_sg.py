@@ -161,8 +161,9 @@ TO_TARGET = ("time_to_target_vs_all_cores", "time_to_target_vs_best_peer")
 def summary(speed, accuracy, rules):
     """Per rule, the worst case of each figure over its rows (None where its rows were
     skipped), and which goals it meets; then the pipeline's best rule to the target (the
-    highest worst-case speed-up to the target over backprop on every core; a row whose
-    target the rule never reaches counts 0) with its worst cases."""
+    highest worst-case speed-up to the target over backprop on every core, a row whose
+    target the rule never reaches counting 0; then the smallest accuracy gap) with its
+    worst cases."""
     out = {}
     for rule in rules:
         worst = {k: min((r["rules"][rule][k] for r in speed if rule in r["rules"]), default=None)
@@ -175,8 +176,8 @@ def summary(speed, accuracy, rules):
         worst["met"] = {k: None if v is None else (v <= GOALS[k] if k == "accuracy_gap_points" else v >= GOALS[k])
                         for k, v in worst.items() if k in GOALS}
         out[rule] = worst
-    ranked = [r for r in out if out[r][TO_TARGET[0]] is not None]
-    best = max(ranked, key=lambda r: out[r][TO_TARGET[0]], default=None)
+    ranked = [r for r in out if out[r][TO_TARGET[0]] is not None]  # ties (none arrives): the smallest gap
+    best = max(ranked, key=lambda r: (out[r][TO_TARGET[0]], -out[r]["accuracy_gap_points"]), default=None)
     return {"goals": GOALS, "rules": out, "best_rule_to_target": best,
             **{k: out[best][k] if best else None for k in TO_TARGET}}
 

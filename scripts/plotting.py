@@ -232,24 +232,28 @@ def timeline_figure(path, profiles, title=""):
 
 def race_figure(path, curves, targets, *, title=""):
     """Test accuracy against training seconds and against epochs, one colour per trainer
-    ({trainer: [curve per seed]}, a curve a list of {seconds, epoch, test_acc}): the
-    first seed drawn full, the others faint; the target dotted."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    ({trainer: [curve per seed]}, a curve a list of {seconds, epoch, test_acc}; the line
+    style tells the family: backprop, torch peer, pipeline, multilevel, PVD): the first
+    seed drawn full, the others faint; the target dotted.  The accuracy axis spans the
+    last stretch of the race (from 6 points below the lowest final accuracy)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     cmap = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
-    later = [p["test_acc"] for runs in curves.values() for c in runs for p in c if p["epoch"] >= 0.5]
+    styles = {"bp": "-", "ddp": "--", "gpipe": "--", "1f1b": "--", "pipeline": "-", "multilevel": "-.", "pvd": ":"}
+    finals = [c[-1]["test_acc"] for runs in curves.values() for c in runs]
     for ax, x_key, label in zip(axes, ("seconds", "epoch"), ("training time (s)", "epochs")):
         for k, (trainer, runs) in enumerate(curves.items()):
+            style = styles.get(trainer.split("-")[0], "-")
             for s, curve in enumerate(runs):
-                ax.plot([p[x_key] for p in curve], [p["test_acc"] for p in curve], color=cmap(k % cmap.N),
-                        marker="o" if s == 0 else None, ms=2.5, lw=1.4 if s == 0 else 0.8, alpha=1 if s == 0 else 0.35,
+                ax.plot([p[x_key] for p in curve], [p["test_acc"] for p in curve], color=cmap(k % cmap.N), ls=style,
+                        marker="o" if s == 0 else None, ms=2.5, lw=1.5 if s == 0 else 0.8, alpha=1 if s == 0 else 0.35,
                         label=trainer if s == 0 else None)
         for t in sorted(set(targets)):
             ax.axhline(t, color="black", ls=":", lw=1)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
-    if later:
-        axes[0].set_ylim(min(later) - 0.02, max(later) + 0.01)
+    if finals:
+        axes[0].set_ylim(min(finals) - 0.06, max(finals + list(targets)) + 0.01)
     axes[1].legend(fontsize=8, loc="lower right", ncol=2)
     if title:
         fig.suptitle(title)

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,11 @@ class RunDir:
     def __init__(self, script_file, cfg, extra=None, path=None):
         if path is not None:
             self.path = Path(path)
-            for stale in self.path.glob(".*.tmp"):  # a write the killed run did not finish
-                stale.unlink(missing_ok=True)
+            for stale in list(self.path.rglob(".*.tmp")):  # a write the killed run did not finish
+                if stale.is_dir():  # TensorBoard's (scripts.board)
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
             config = json.loads((self.path / "config.json").read_text())
             config["constants"] = cfg.as_dict()
             config.setdefault("resumed", []).append({"at": _dt.datetime.now().isoformat(timespec="seconds"),

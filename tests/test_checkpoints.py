@@ -207,6 +207,10 @@ def _is_whole(path):
         import matplotlib.image
 
         matplotlib.image.imread(path)
+    elif path.name.startswith("events.out.tfevents"):
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+        assert list(EventFileLoader(str(path)).Load())  # TensorBoard's reader: whole records
     else:
         assert path.name.startswith(".launch-") or path.name.startswith("."), path
 
