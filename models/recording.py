@@ -94,8 +94,12 @@ class Recorder:
         return gather_points(self.points, replicated)
 
     def _sync(self):
-        if self.device is not None and torch.device(self.device).type == "cuda":
-            torch.cuda.synchronize(self.device)  # the clock reads after the queued GPU work
+        """The clock reads after the queued GPU work (models.training.sync; imported here:
+        models.training imports this module)."""
+        if self.device is not None:
+            from .training import sync
+
+            sync(torch.device(self.device))
 
 
 class Off:
