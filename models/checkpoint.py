@@ -89,9 +89,12 @@ def rng_state(generator=None):
 
 
 def set_rng_state(state, generator=None):
+    """Restore ``rng_state``'s states.  A run saved on more GPUs than this machine has
+    restores those it has (GPU k's state onto GPU k); on a machine without CUDA, none."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for k, gpu_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, k)
     if generator is not None:
         generator.set_state(state["generator"])
 

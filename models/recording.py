@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from .timing import sync
+
 
 @dataclass
 class Point:
@@ -94,12 +96,10 @@ class Recorder:
         return gather_points(self.points, replicated)
 
     def _sync(self):
-        """The clock reads after the queued GPU work (models.training.sync; imported here:
-        models.training imports this module)."""
+        """The clock reads after the compute queued on the device's stream (models.timing:
+        a posted receive on a communication stream is not waited for)."""
         if self.device is not None:
-            from .training import sync
-
-            sync(torch.device(self.device))
+            sync(self.device)
 
 
 class Off:

@@ -32,9 +32,19 @@ def pick_device(name="auto"):
     """"auto" -> cuda when present, else cpu; otherwise the named device."""
     if name in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r} asked for, but this machine has {count} GPU(s): "
+                             + ", ".join(f"cuda:{k}" for k in range(count)))
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K")
     return device
 
 
@@ -50,12 +60,6 @@ def make_optimizer(name, params, lr):
         fused = all(p.device.type in _get_fused_kernels_supported_devices() and p.is_floating_point() for p in params)
         return torch.optim.Adam(params, lr=lr, fused=fused or None)
     return OPTIMIZERS[name](params, lr=lr)
-
-
-def sync(device):
-    """Wait for queued GPU work before reading the clock (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # guarded: only when the device is a GPU (cuda.is_available)
 
 
 def check_finite(mean_loss, model, lr, epoch):

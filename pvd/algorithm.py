@@ -36,6 +36,7 @@ from datasets.batching import batch_bounds
 from models.base import split_layers
 from models.checkpoint import fail_once
 from models.recording import OFF
+from models.timing import sync
 from models.training import evaluate, make_optimizer
 
 SYNC_RULES = ("best", "affine")
@@ -82,19 +83,22 @@ class LocalComm:
 
 
 class Comm:
-    """torch.distributed collectives on tensors (gloo or NCCL)."""
+    """torch.distributed collectives on tensors (gloo or NCCL).  A gather travels on
+    ``wire`` (default ``device``): the CPU for GPU ranks over gloo."""
 
-    def __init__(self, device):
+    def __init__(self, device, wire=None):
         self.rank, self.world_size, self.device = dist.get_rank(), dist.get_world_size(), device
+        self.wire = device if wire is None else wire
 
     def all_reduce(self, t):
         dist.all_reduce(t)
         return t
 
     def all_gather(self, t):
-        out = [torch.empty_like(t) for _ in range(self.world_size)]
-        dist.all_gather(out, t.contiguous())
-        return out
+        sent = t.contiguous().to(self.wire)
+        out = [torch.empty_like(sent) for _ in range(self.world_size)]
+        dist.all_gather(out, sent)
+        return [o.to(t.device) for o in out]
 
     def broadcast(self, t, src):
         dist.broadcast(t, src)
@@ -253,6 +257,7 @@ class PVD:
             t0 = time.perf_counter()
             g, n_batches = self.direction_share(k, l)
             partial = g if partial is None else partial + g
+            sync(self._dev())  # the block's queued GPU work done before its clock is read
             times[l] = time.perf_counter() - t0
         d = self.unflatten(-self.comm.all_reduce(partial) / n_batches)
         candidates, losses = {}, {}
@@ -261,6 +266,7 @@ class PVD:
             t0 = time.perf_counter()
             candidates[l] = self.solve(k, l, d)
             losses[l] = self.score(candidates[l], score_batches)
+            sync(self._dev())
             times[l] += time.perf_counter() - t0
         mine = torch.tensor([losses.get(l, float("inf")) for l in range(P)], dtype=torch.float64)
         all_losses = torch.stack([t.cpu() for t in self.comm.all_gather(mine.to(self._dev()))]).min(0).values

@@ -44,7 +44,7 @@ def parallel_worker(ctx, model, data, cfg, verbose=True, saver=None, points=Fals
         raise ValueError(f"PVD needs one process per block: world size {ctx.world_size}, NUM_PROC {cfg.num_proc}")
     # a private copy: spawn hands the parent's tensors over in shared memory
     model, data = copy.deepcopy(model).to(ctx.device), data.to(ctx.device)
-    pvd = PVD(model, data, cfg, Comm(ctx.device), my_blocks=[ctx.rank])
+    pvd = PVD(model, data, cfg, Comm(ctx.device, ctx.wire), my_blocks=[ctx.rank])
     holder = [_latest(saver) if ctx.is_main else None]
     dist.broadcast_object_list(holder, src=0)
     rec = recorder(dict(model.named_parameters()), 1, 1, 1 if points else 0, ctx.device)

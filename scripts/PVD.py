@@ -47,7 +47,7 @@ BATCH_SIZE = 50  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0
 THREADS = 0  # intra-op threads per process (0: the cores shared out; serial: all)
 SEED = 0  # random seed
-DEVICE = "auto"  # serial mode: auto, cpu, cuda, ... (parallel: NCCL when each rank has a GPU)
+DEVICE = "auto"  # auto (cuda if present), cpu, cuda, cuda:1; ranks: gloo on CPU, NCCL with a GPU each
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
 CHECKPOINT_EVERY = 1  # save a checkpoint in the run directory every this many iterations (0: never)
@@ -86,7 +86,8 @@ def main(argv=None):
         describe(model)
     if cfg.PARALLEL:
         out = launch(parallel_worker, cfg.NUM_PROC, (model, data, pcfg, True, saver), threads=cfg.THREADS,
-                     max_restarts=cfg.MAX_RESTARTS)
+                     device=cfg.DEVICE, max_restarts=cfg.MAX_RESTARTS,
+                     on_placement=run_dir.record_placement if run_dir is not None else None)
     else:
         torch.set_num_threads(cfg.THREADS or torch.get_num_threads())
         out = run_serial(model.to(o.device), data.to(o.device), pcfg, log=lambda s: print(s, flush=True),

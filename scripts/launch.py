@@ -1,10 +1,11 @@
 """Start P worker processes under torch.distributed, or join a torchrun launch.
 
 ``launch(fn, P, args)`` runs ``fn(ctx, *args)`` in P processes, ``ctx`` telling the
-rank, world size, device and backend (gloo on CPU; NCCL when every process has its own
-GPU).  Started by the script itself: torch.distributed.elastic's agent (what torchrun
-runs) spawns the workers on a free loopback port, restarts the group up to
-``max_restarts`` times, and hands rank 0's return value back.  Under torchrun
+rank, world size, device and backend (``rank_device``: gloo on the CPU; NCCL when every
+process has a GPU of its own; gloo when the ranks share a GPU).  Started by the script
+itself: torch.distributed.elastic's agent (what torchrun runs) spawns the workers on a
+free loopback port, restarts the group up to ``max_restarts`` times, and hands rank 0's
+return value back.  Under torchrun
 (RANK/WORLD_SIZE set) the current process is one of the workers and every rank gets
 its own return value.
 
@@ -44,12 +45,18 @@ class WorkerFailed(RuntimeError):
 class DistContext:
     rank: int
     world_size: int
-    device: torch.device
+    device: torch.device  # where this rank computes
     backend: str
 
     @property
     def is_main(self):
         return self.rank == 0
+
+    @property
+    def wire(self):
+        """Where a tensor sent to another rank must lie: the device itself, except for a
+        GPU under gloo, whose point-to-point messages and gathers travel through the CPU."""
+        return self.device if self.backend == "nccl" or self.device.type == "cpu" else torch.device("cpu")
 
 
 def under_torchrun():
@@ -67,9 +74,42 @@ def default_threads(local_world):
     return max(1, (os.cpu_count() or 1) // max(local_world, 1))
 
 
-def pick_backend(local_world):
-    """NCCL when every process of this machine has a GPU of its own, else gloo (on the CPU)."""
-    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
+def rank_device(request, local_rank, local_world):
+    """(device, backend) of the process of local rank ``local_rank`` among ``local_world``
+    on this machine, for the device asked for (DEVICE):
+
+    - "cpu": the CPU, gloo (whatever GPUs are present);
+    - "auto": as "cuda" when a GPU is present, else as "cpu";
+    - "cuda": GPU ``local_rank`` and NCCL when the machine has a GPU for every local rank;
+      with fewer, the ranks share the GPUs (rank r on GPU r mod count) over gloo;
+    - "cuda:k": every local rank on GPU k, over gloo when there are several (NCCL cannot
+      put two ranks on one GPU), NCCL for one."""
+    from models.training import pick_device
+
+    device = pick_device(request)  # ValueError for a device this machine does not have
+    if device.type != "cuda":
+        return torch.device("cpu"), "gloo"
+    count = torch.cuda.device_count()
+    if device.index is not None:
+        return device, "nccl" if local_world == 1 else "gloo"
+    if count >= local_world:
+        return torch.device("cuda", local_rank), "nccl"
+    return torch.device("cuda", local_rank % count), "gloo"
+
+
+def this_rank_device(request, nprocs):
+    """The device a rank started from here computes on: under torchrun this process's own
+    (LOCAL_RANK's), else rank 0's of ``nprocs``.  Costs measured for the ranks are
+    measured there."""
+    if under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    else:
+        local = 0, nprocs
+    device, _ = rank_device(request, *local)
+    if device.type == "cuda" and under_torchrun():
+        torch.cuda.set_device(device)  # this process is the rank: its context on its own GPU
+    return device
 
 
 def _die_with_parent():
@@ -80,18 +120,16 @@ def _die_with_parent():
         pass
 
 
-def init_worker(rank, world_size, local_rank, local_world, *, threads=0, backend="auto", timeout_s=120):
-    """Set threads, pick device and backend, join the process group; returns the context."""
+def init_worker(rank, world_size, local_rank, local_world, *, threads=0, device="auto", timeout_s=120):
+    """Set threads, pick device and backend (``rank_device``), join the process group;
+    returns the context."""
     from models.training import preload
 
     preload()
     torch.set_num_threads(threads or default_threads(local_world))
-    backend = pick_backend(local_world) if backend == "auto" else backend
-    if backend == "nccl":
-        device = torch.device("cuda", local_rank)
+    device, backend = rank_device(device, local_rank, local_world)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     timeout = datetime.timedelta(seconds=timeout_s)
     store, rank, world_size = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
     # A restarted group (torchrun, or our launcher) meets in the elastic agent's store, which
@@ -116,8 +154,9 @@ def _run_rank(ctx, fn, args):
               file=sys.stderr, flush=True)
     try:
         out = fn(ctx, *args)
-        dist.barrier()  # nobody tears the group down while a peer still uses it
-        return out
+        devices = [None] * ctx.world_size
+        dist.all_gather_object(devices, str(ctx.device))  # also: nobody tears the group down while a peer uses it
+        return out, {"backend": ctx.backend, "rank_devices": devices}
     except Exception:
         if count < allowed:
             trace = traceback.format_exc()
@@ -129,12 +168,12 @@ def _run_rank(ctx, fn, args):
         dist.destroy_process_group()
 
 
-def _elastic_entry(fn, args, threads, backend, timeout_s):
+def _elastic_entry(fn, args, threads, device, timeout_s):
     """One worker of the scripts' own launcher: joins the group from the environment the
     elastic agent sets (RANK, WORLD_SIZE, MASTER_ADDR, ..., as torchrun does)."""
     _die_with_parent()
     ctx = init_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-                      int(os.environ["LOCAL_WORLD_SIZE"]), threads=threads, backend=backend, timeout_s=timeout_s)
+                      int(os.environ["LOCAL_WORLD_SIZE"]), threads=threads, device=device, timeout_s=timeout_s)
     return _run_rank(ctx, fn, args)
 
 
@@ -172,8 +211,10 @@ def _failure_report(failures, log_dir):
     return "\n".join(parts)
 
 
-def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120, max_restarts=0):
+def launch(fn, nprocs, args=(), *, threads=0, device="auto", timeout_s=120, max_restarts=0, on_placement=None):
     """Run fn(ctx, *args) on nprocs ranks; return rank 0's value (each rank's under torchrun).
+    ``device`` (DEVICE) places the ranks and picks the backend (``rank_device``);
+    ``on_placement({"backend", "rank_devices"})`` is told where the ranks ran.
 
     Started here, the workers are run by torch.distributed.elastic's agent (the engine of
     torchrun) on a free loopback port: a worker that fails takes the group down, and with
@@ -184,8 +225,8 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120, max
         world = int(os.environ["WORLD_SIZE"])
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         ctx = init_worker(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)), local_world,
-                          threads=threads, backend=backend, timeout_s=timeout_s)
-        return _run_rank(ctx, fn, args)
+                          threads=threads, device=device, timeout_s=timeout_s)
+        return _placed(*_run_rank(ctx, fn, args), on_placement)
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -208,14 +249,20 @@ def launch(fn, nprocs, args=(), *, threads=0, backend="auto", timeout_s=120, max
             options["log_dir"] = logs
         config = LaunchConfig(**{k: v for k, v in options.items() if k in known})
         try:
-            out = elastic_launch(config, _elastic_entry)(fn, args, threads, backend, timeout_s)
+            out = elastic_launch(config, _elastic_entry)(fn, args, threads, str(device), timeout_s)
         except ChildFailedError as exc:
             raise WorkerFailed(_failure_report(exc.failures, logs)) from None
         except SignalException as exc:
             if exc.sigval == signal.SIGINT:
                 raise KeyboardInterrupt from None
             raise
-    return out[0]
+    return _placed(*out[0], on_placement)
+
+
+def _placed(out, placement, on_placement):
+    if on_placement is not None:
+        on_placement(placement)
+    return out
 
 
 def world_size_for(requested):

@@ -46,7 +46,7 @@ THREADS = 0  # intra-op threads of each of those processes (0: the cores shared 
 MICROBATCHES = 4  # GPipe and 1F1B: micro-batches per batch
 MAX_IN_FLIGHT = 1  # the pipeline: batches a stage may run ahead of its true gradients
 COARSE_EPOCHS = 1  # multilevel: epochs of the coarse network, of EPOCHS
-DEVICE = "auto"  # one-process trainers: auto (cuda if present), cpu, cuda, ...
+DEVICE = "auto"  # every trainer: auto (cuda if present), cpu, cuda, cuda:1; ranks as in distSg.py
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
 

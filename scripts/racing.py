@@ -21,7 +21,7 @@ import torch
 from models.recording import evaluate_points, recorder
 from models.training import evaluate, fit
 from scripts.constants import UsageError, check
-from scripts.launch import default_threads, launch
+from scripts.launch import default_threads, launch, rank_device, this_rank_device
 from synthetic import ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import choose_bounds
 from synthetic.distributed import stage_worker
@@ -53,7 +53,8 @@ class Race:
     max_in_flight: int = 1  # the pipeline's delay
     shrink: float = 1.0
     coarse_epochs: int = 1  # multilevel: epochs of the coarse network (of ``epochs``)
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # the one-process trainers
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # DEVICE: every trainer
+    on_placement: object = None  # told where a launch's ranks ran (scripts.launch.launch)
 
     def network(self, n_layers=None, h=None):
         torch.manual_seed(self.seed)
@@ -94,7 +95,8 @@ def _backprop(race, n_threads):
 
 
 def _launch(race, worker, *args):
-    return launch(worker, race.processes, args, threads=race.rank_threads())
+    return launch(worker, race.processes, args, threads=race.rank_threads(), device=str(race.device),
+                  on_placement=race.on_placement)
 
 
 def _about(out):
@@ -113,8 +115,10 @@ def _peer(race, schedule):
 
 
 def _cuts(race, net, rule, multiple=1):
-    """Cuts balanced on the rule's costs, measured with a rank's threads (not training time)."""
-    xb, yb = race.data.x_train[:race.batch_size], race.data.y_train[:race.batch_size]
+    """Cuts balanced on the rule's costs, measured on a rank's device with a rank's threads
+    (not training time)."""
+    device = this_rank_device(str(race.device), race.processes)
+    xb, yb = race.data.x_train[:race.batch_size].to(device), race.data.y_train[:race.batch_size].to(device)
     bounds, _ = choose_bounds(net, xb, yb, race.processes, rule=rule, threads=race.rank_threads(), multiple=multiple)
     return bounds
 
@@ -336,6 +340,11 @@ def check_race(cfg, meta):
     if any(t in names for t in ("gpipe", "1f1b")):
         check(cfg.BATCH_SIZE % cfg.MICROBATCHES == 0,
               f"BATCH_SIZE {cfg.BATCH_SIZE} does not split into MICROBATCHES={cfg.MICROBATCHES} micro-batches")
+        device, backend = rank_device(cfg.DEVICE, 0, cfg.PROCESSES)
+        check(device.type == "cpu" or backend == "nccl",
+              f"gpipe and 1f1b need a GPU per rank (NCCL) or DEVICE=cpu: with {cfg.PROCESSES} ranks sharing "
+              f"{device} over gloo, torch.distributed.pipelining would send CUDA tensors, which gloo cannot; "
+              "drop them from TRAINERS")
     multi = [t for t in names if t in MULTI_PROCESS]
     check(not multi or cfg.N >= cfg.PROCESSES, f"N ({cfg.N}) layers cannot be cut into PROCESSES={cfg.PROCESSES} "
                                                f"stages or blocks ({', '.join(multi)})")
@@ -397,7 +406,8 @@ def race_main(script_file, cfg):
                     n_layers=cfg.N, h=cfg.STEP, data=data, epochs=cfg.EPOCHS, batch_size=cfg.BATCH_SIZE,
                     lr=cfg.LEARN_RATE, sg_lr=cfg.SG_LEARN_RATE, seed=seed, points_per_epoch=cfg.POINTS_PER_EPOCH,
                     processes=cfg.PROCESSES, threads=cfg.THREADS, microbatches=cfg.MICROBATCHES,
-                    max_in_flight=cfg.MAX_IN_FLIGHT, coarse_epochs=cfg.COARSE_EPOCHS, device=o.device)
+                    max_in_flight=cfg.MAX_IN_FLIGHT, coarse_epochs=cfg.COARSE_EPOCHS, device=o.device,
+                    on_placement=run.record_placement)
         for t in names:
             curve, train_acc, _ = run_trainer(t, race)
             runs[t].append((curve, train_acc))

@@ -82,6 +82,12 @@ class RunDir:
         if marker is not None:  # torchrun: a restart of this launch continues this run
             files.write_text(marker, str(path))
 
+    def record_placement(self, placement):
+        """config.json notes where a launch's ranks ran: {"backend", "rank_devices"}."""
+        config = json.loads((self.path / "config.json").read_text())
+        config["placement"] = placement
+        files.write_json(self.path / "config.json", config)
+
     def save_json(self, name, obj):
         files.write_json(self.path / name, obj)
 

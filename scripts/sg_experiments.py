@@ -1,22 +1,20 @@
 """The experiments of the four synthetic-gradient scripts, shared by their constants."""
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 
-from models import build_model, split_layers
+from models import build_model
 from models.recording import evaluate_points
 from models.training import evaluate
 from scripts import board, plotting
 from scripts.experiment import augmenting, describe, model_kwargs, open_run
-from scripts.launch import default_threads, launch, pick_backend, world_size_for
+from scripts.launch import default_threads, launch, this_rank_device, world_size_for
 from scripts.resume import Checkpointer, PhaseStates, load_checkpoint
 from scripts.rundir import emit_result
 from synthetic import ComplexNet, PipelineConfig, train_serial
-from synthetic.balance import choose_bounds
-from synthetic.complex import layers_per_stage
+from synthetic.balance import choose_bounds, describe_split, save_split, saved_split, split_line
 from synthetic.distributed import stage_worker
 from synthetic.profile import profile_table
 
@@ -27,64 +25,41 @@ def complex_net(cfg, meta, arch, stages, layers, h):
     return ComplexNet(net, stages, sg_kind=cfg.SG_MODULE)
 
 
-def balance(cfg, cnet, data, stages, *, fine=False):
-    """``cnet`` cut as BALANCE says: ``even``, or ``cost``: the cuts that equalise the
-    stages' measured times (one batch, on the stages' device, with each stage's threads).
-    With ``fine`` the cuts balance the prolonged network (2x the layers, cuts between
-    coarse layers), and ``cnet``, the coarse network, is cut at their halves.
-    Returns (cnet, a description of the split for the log and metrics)."""
-    if cfg.BALANCE == "even":
-        bounds = [(2 * a, 2 * b) for a, b in cnet.bounds] if fine else cnet.bounds
-        return cnet, {"balance": "even", "bounds": bounds, "layers_per_stage": layers_per_stage(bounds)}
-    probe = cnet.net.prolong() if fine else cnet.net
-    device = torch.device("cuda") if pick_backend(stages) == "nccl" else torch.device("cpu")
-    xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
-    bounds, costs = choose_bounds(probe, xb, yb, stages, mode=cfg.BALANCE, rule=cfg.RULE,
-                                  sg_kind=cfg.SG_MODULE, threads=cfg.THREADS or default_threads(stages),
-                                  multiple=2 if fine else 1)
-    split = {"balance": cfg.BALANCE, "bounds": bounds, "layers_per_stage": layers_per_stage(bounds),
-             "stage_ms": [1e3 * c for c in costs.stages(bounds)],
-             "even_stage_ms": [1e3 * c for c in costs.stages(split_layers(probe.n_layers, stages))]}
-    if fine:
-        bounds = [(a // 2, b // 2) for a, b in bounds]
-    return cnet.with_bounds(bounds), split
-
-
-def _split(cfg, cnet, data, stages, run, fine=False):
-    """``balance``, or the split a resumed run chose (its split.json), saved and printed."""
-    saved = run.file("split.json") if run is not None else None
-    if saved is not None and saved.is_file():
-        split = json.loads(saved.read_text())
-        bounds = [(a // 2, b // 2) if fine else (a, b) for a, b in split["bounds"]]
-        cnet = cnet.with_bounds(bounds)
-    else:
-        cnet, split = balance(cfg, cnet, data, stages, fine=fine)
+def fine_split(cfg, cnet, data, stages, run):
+    """The cuts of distMulti's fine network, chosen before its coarse phase (which trains
+    in this process, on the modules at these cuts): the run's split.json when it has one,
+    else as BALANCE says: ``even``, or ``cost``: the cuts that equalise the prolonged
+    network's stages (twice the layers; cuts between coarse layers), timed on the device
+    and with the threads of a rank (``this_rank_device``).  ``cnet``, the coarse network,
+    is cut at their halves.  Returns (cnet, the split's description)."""
+    split = saved_split(run.path) if run is not None else None
+    if split is None:
+        probe = cnet.net.prolong()
+        bounds, costs = [(2 * a, 2 * b) for a, b in cnet.bounds], None
+        if cfg.BALANCE == "cost":
+            device = this_rank_device(cfg.DEVICE, stages)
+            xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
+            bounds, costs = choose_bounds(probe, xb, yb, stages, rule=cfg.RULE, sg_kind=cfg.SG_MODULE,
+                                          threads=cfg.THREADS or default_threads(stages), multiple=2)
+        split = describe_split(cfg.BALANCE, bounds, costs, probe.n_layers)
         if run is not None:
-            run.save_json("split.json", split)
+            save_split(run.path, split)
     if run is not None:
-        _print_split(split)
-    return cnet, split
+        print(split_line(split), flush=True)
+    return cnet.with_bounds([(a // 2, b // 2) for a, b in split["bounds"]]), split
 
 
-def _print_split(split):
-    line = f"split ({split['balance']}): layers per stage {split['layers_per_stage']}"
-    if "stage_ms" in split:
-        line += (" ; measured ms per batch " + ", ".join(f"{c:.1f}" for c in split["stage_ms"])
-                 + " (even split: " + ", ".join(f"{c:.1f}" for c in split["even_stage_ms"]) + ")")
-    print(line, flush=True)
-
-
-def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False, points=0):
+def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False, points=0, balance=None):
     """The pipeline's configuration from the constants (``teach``: the coarse level of
     the multilevel scripts, true gradients teaching the modules; ``points``: points of
-    the training curve an epoch)."""
+    the training curve an epoch; ``balance``: the ranks choose the cuts)."""
     return PipelineConfig(
         rule="synthetic" if teach else cfg.RULE, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE,
         batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, shrink=cfg.SHRINK,
         exact_epochs=0 if teach else cfg.EXACT_EPOCHS, teach=teach, seed=cfg.SEED, augment=augmenting(cfg, data.info),
         fail_stage=getattr(cfg, "FAIL_STAGE", -1), fail_epoch=getattr(cfg, "FAIL_EPOCH", 1),
         fail_mode=getattr(cfg, "FAIL_MODE", "raise"), run_dir=str(run.path) if run is not None else None,
-        checkpoint_every=cfg.CHECKPOINT_EVERY, points_per_epoch=points)
+        checkpoint_every=cfg.CHECKPOINT_EVERY, points_per_epoch=points, balance=balance)
 
 
 def _accuracy(cnet, data):
@@ -114,11 +89,11 @@ def _test_accuracies(cnet, points, data, epochs):
     return [at.get(e) for e in epochs]
 
 
-def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
+def _distributed(cnet, data, cfg, stages, *, epochs, lr, run, balance=None):
     t0 = time.perf_counter()
-    out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), pipeline_config(cfg, data, epochs=epochs, lr=lr,
-                                                                                      run=run, points=1)),
-                 threads=cfg.THREADS, max_restarts=cfg.MAX_RESTARTS)
+    pcfg = pipeline_config(cfg, data, epochs=epochs, lr=lr, run=run, points=1, balance=balance)
+    out = launch(stage_worker, stages, (cnet.cpu(), data.to("cpu"), pcfg), threads=cfg.THREADS, device=cfg.DEVICE,
+                 max_restarts=cfg.MAX_RESTARTS, on_placement=run.record_placement if run is not None else None)
     wall = time.perf_counter() - t0
     if out is None:  # a non-zero rank under torchrun
         return None, None
@@ -131,7 +106,7 @@ def _distributed(cnet, data, cfg, stages, *, epochs, lr, run):
             **{k: _per_cut(out["histories"][:-1], k) for k in ("sg_mse", "sg_cos", "head_loss")}}
     messages = {k: sum(m[k] for m in out["messages"]) for k in out["messages"][0]}
     return hist, {"rule": cfg.RULE, "train_time_s": out["train_time_s"], "wall_time_s": wall, **_accuracy(cnet, data),
-                  "messages": messages, "profile": out["profiles"]}
+                  "messages": messages, "profile": out["profiles"], "split": out["split"]}
 
 
 def _report_profile(run, result, label):
@@ -241,10 +216,11 @@ def distributed(script, cfg):
         print(f"pipeline, rule {cfg.RULE}, {stages} processes: {stages} x {cfg.N} layers of {o.arch} on {o.meta.name}; "
               f"results in {run.path}", flush=True)
         describe(cnet.net)
-    cnet, split = _split(cfg, cnet, data, stages, run)
-    hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run)
+    hist, result = _distributed(cnet, data, cfg, stages, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE, run=run,
+                                balance=cfg.BALANCE)
     if run is None:
         return
+    split = result.pop("split")
     print(f"test acc {result['test_acc']:.4f}; training {result['train_time_s']:.1f}s "
           f"(this launch {result['wall_time_s']:.1f}s, process start-up included)")
     _report_profile(run, result, f"pipeline, rule {cfg.RULE}")
@@ -263,7 +239,7 @@ def distributed_multilevel(script, cfg):
     chosen = {}
 
     def split(cnet):
-        cnet, chosen["split"] = _split(cfg, cnet, data, stages, run, fine=True)
+        cnet, chosen["split"] = fine_split(cfg, cnet, data, stages, run)
         return cnet
 
     cnet, coarse_hist, coarse = _coarse(cfg, o.meta, o.arch, data, stages, run, PhaseStates(o.state), split)
@@ -273,6 +249,7 @@ def distributed_multilevel(script, cfg):
     fine_hist, fine = _distributed(fine_net, data, cfg, stages, epochs=cfg.EPOCHS_F, lr=cfg.LEARN_RATE_F, run=run)
     if run is None:
         return
+    fine.pop("split")
     _report_profile(run, fine, f"fine network as a pipeline, rule {cfg.RULE}")
     total = coarse["train_time_s"] + fine["train_time_s"]
     print(f"coarse test acc {coarse['test_acc']:.4f} in {coarse['train_time_s']:.1f}s; fine test acc "

@@ -11,15 +11,19 @@ nothing for ``exact`` and ``delayed``; each piece with its optimiser step.
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from models import files
 from models.base import split_layers
-from models.training import make_optimizer, sync
+from models.timing import sync
+from models.training import make_optimizer
 
 from .modules import SyntheticGradient
 from .rules import LocalHead
@@ -50,6 +54,16 @@ class Costs:
 
     def stages(self, bounds):
         return [self.stage(i, a, b, len(bounds)) for i, (a, b) in enumerate(bounds)]
+
+    @staticmethod
+    def slowest(measured):
+        """The costs of pieces measured on several devices, each piece at its slowest
+        (a pipeline runs at its slowest stage, whichever device holds it)."""
+        first = measured[0]
+        return Costs([max(c.layers[j] for c in measured) for j in range(len(first.layers))],
+                     max(c.first for c in measured), max(c.last for c in measured),
+                     {b: max(c.cuts[b] for c in measured) for b in first.cuts},
+                     [max(c.replayed[j] for c in measured) for j in range(len(first.replayed))])
 
 
 def balanced_bounds(costs: Costs, parts, multiple=1):
@@ -192,3 +206,47 @@ def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="l
     finally:
         torch.set_num_threads(before)
     return balanced_bounds(costs, parts, multiple), costs
+
+
+@dataclass(frozen=True)
+class BalanceSpec:
+    """How a pipeline's ranks choose their cuts where they run (``synthetic.distributed``):
+    the arguments of ``choose_bounds`` but the network and the batch."""
+    mode: str = "cost"
+    rule: str = "synthetic"
+    sg_kind: str = "linear"
+    threads: int = 1
+    multiple: int = 1
+    batch_size: int = 64
+
+
+def describe_split(mode, bounds, costs=None, n_layers=None):
+    """What split.json and the log say of a split: its mode, cuts, layers per stage and,
+    for cost balancing, the measured milliseconds of each stage against the even split's."""
+    split = {"balance": mode, "bounds": [list(b) for b in bounds], "layers_per_stage": [b - a for a, b in bounds]}
+    if costs is not None:
+        split["stage_ms"] = [1e3 * c for c in costs.stages(bounds)]
+        split["even_stage_ms"] = [1e3 * c for c in costs.stages(split_layers(n_layers, len(bounds)))]
+    return split
+
+
+def split_line(split):
+    """The split in one line of the log."""
+    line = f"split ({split['balance']}): layers per stage {split['layers_per_stage']}"
+    if "stage_ms" in split:
+        line += (" ; measured ms per batch " + ", ".join(f"{c:.1f}" for c in split["stage_ms"])
+                 + " (even split: " + ", ".join(f"{c:.1f}" for c in split["even_stage_ms"]) + ")")
+    return line
+
+
+SPLIT_FILE = "split.json"
+
+
+def saved_split(run_dir):
+    """The split a run chose (its split.json), None when it has none yet."""
+    path = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def save_split(run_dir, split):
+    files.write_json(Path(run_dir) / SPLIT_FILE, split)

@@ -17,10 +17,12 @@ import torch
 import torch.distributed as dist
 
 from models import checkpoint
+from models.base import split_layers
 from models.checkpoint import fail_once
 from models.recording import recorder
 from models.training import check_finite
 
+from .balance import Costs, balanced_bounds, describe_split, measure_costs, save_split, saved_split, split_line
 from .pipeline import PipelineConfig, epoch_record, make_stage, set_rule
 from .profile import StageProfile
 from .stage import run_alone
@@ -59,20 +61,53 @@ def _agreed_cuts(ctx, cnet):
     return cnet
 
 
+def _chosen_cuts(ctx, cnet, data, cfg, run_dir):
+    """(the network cut where this run cuts it, the split's description or None).
+
+    With ``cfg.balance`` the ranks choose: the run's split.json when it has one (a resumed
+    or restarted run keeps its cuts), else ``even``, or ``cost``: every rank times the
+    pieces on its own device with its own threads (``measure_costs``), the ranks share
+    their times, and each piece counts at its slowest.  Rank 0 saves the split at once.
+    Without it the cuts are ``cnet``'s (rank 0's)."""
+    if cfg.balance is None:
+        return _agreed_cuts(ctx, cnet), None
+    holder = [saved_split(run_dir) if ctx.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    split = holder[0]
+    if split is None:
+        costs = None
+        if cfg.balance == "cost":
+            xb, yb = data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size]
+            everyone = [None] * ctx.world_size
+            dist.all_gather_object(everyone, measure_costs(cnet.net, xb, yb, rule=cfg.rule, sg_kind=cnet.sg_kind))
+            costs = Costs.slowest(everyone)
+            bounds = balanced_bounds(costs, ctx.world_size)
+        else:
+            bounds = split_layers(cnet.net.n_layers, ctx.world_size)
+        split = describe_split(cfg.balance, bounds, costs, cnet.net.n_layers)
+        if ctx.is_main and run_dir is not None:
+            save_split(run_dir, split)
+    if ctx.is_main and cfg.verbose:
+        print(split_line(split), flush=True)
+    bounds = [tuple(b) for b in split["bounds"]]
+    return (cnet if bounds == cnet.bounds else cnet.with_bounds(bounds).to(ctx.device)), split
+
+
 def _stage_of(ctx, cnet, cfg, prof):
     """This rank's stage, over the point-to-point transport."""
     i, dtype = ctx.rank, next(cnet.parameters()).dtype
     in_shape = cnet.input_shape(i) if i > 0 else None  # messages carry the shape of their cut
     out_shape = cnet.cut_shape(i) if i < ctx.world_size - 1 else None
-    transport = PointToPoint(i, ctx.world_size, cnet.sg[0].n_state, in_shape, out_shape, ctx.device, dtype, prof)
+    transport = PointToPoint(i, ctx.world_size, cnet.sg[0].n_state, in_shape, out_shape, ctx.device, dtype, prof,
+                             wire=ctx.wire)
     return make_stage(cnet, i, cfg, transport, prof)
 
 
 def _run_dir(cfg):
-    """The run directory (under torchrun only rank 0 knows it); None without checkpoints."""
+    """The run directory (under torchrun only rank 0 knows it)."""
     holder = [cfg.run_dir]
     dist.broadcast_object_list(holder, src=0)
-    return holder[0] if cfg.checkpoint_every > 0 else None
+    return holder[0]
 
 
 def _resume(stage, run_dir, ctx, verbose):
@@ -130,12 +165,14 @@ def stage_worker(ctx, cnet, data, cfg: PipelineConfig):
     """Rank i trains sub-network i (and what its rule adds).  Rank 0 returns the result."""
     if ctx.world_size != cnet.num_stages:
         raise ValueError(f"one process per sub-network: world size {ctx.world_size}, M {cnet.num_stages}")
-    cnet = _agreed_cuts(ctx, copy.deepcopy(cnet).to(ctx.device))  # private copy: spawn shares the parent's tensors
     data = data.to(ctx.device)
+    run_dir = _run_dir(cfg)
+    # a private copy: spawn shares the parent's tensors
+    cnet, split = _chosen_cuts(ctx, copy.deepcopy(cnet).to(ctx.device), data, cfg, run_dir)
     prof = StageProfile(ctx.device, cfg.timeline_batches)
     stage = _stage_of(ctx, cnet, cfg, prof)
-    run_dir = _run_dir(cfg)
-    start, hist = _resume(stage, run_dir, ctx, cfg.verbose)
+    checkpoints = run_dir if cfg.checkpoint_every > 0 else None
+    start, hist = _resume(stage, checkpoints, ctx, cfg.verbose)
     prior_seconds = sum(hist["seconds"])
     rec = recorder(_owned(stage), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, ctx.device, start)
     dist.barrier()
@@ -144,14 +181,14 @@ def stage_worker(ctx, cnet, data, cfg: PipelineConfig):
     rec.start()
     for epoch in range(start + 1, cfg.epochs + 1):
         _epoch(stage, data, cfg, epoch, hist, rec)
-        if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            _save(stage, run_dir, epoch, hist)
+        if checkpoints is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            _save(stage, checkpoints, epoch, hist)
     prof.stop()  # before the barrier: a stage's wall time ends with its own last piece of work
     dist.barrier()
-    return _gathered(ctx, stage, hist, prof, prior_seconds + time.perf_counter() - t_start, rec)
+    return _gathered(ctx, stage, hist, prof, prior_seconds + time.perf_counter() - t_start, rec, split)
 
 
-def _gathered(ctx, stage, hist, prof, train_time, rec):
+def _gathered(ctx, stage, hist, prof, train_time, rec, split):
     points = rec.gather()
     state_dict = gather_owned(stage.cnet, stage.owned())
     everything = [None] * ctx.world_size
@@ -161,7 +198,7 @@ def _gathered(ctx, stage, hist, prof, train_time, rec):
         return None
     return {"state_dict": state_dict, "histories": [e["history"] for e in everything],
             "profiles": [e["profile"] for e in everything], "messages": [e["messages"] for e in everything],
-            "bounds": stage.cnet.bounds, "train_time_s": train_time, "points": points}
+            "bounds": stage.cnet.bounds, "split": split, "train_time_s": train_time, "points": points}
 
 
 def gather_owned(net, owned):

@@ -20,7 +20,8 @@ from torch import nn
 from datasets.batching import epoch_batches
 from models.base import split_layers
 from models.recording import recorder
-from models.training import make_optimizer, sync
+from models.timing import sync
+from models.training import make_optimizer
 
 from .distributed import gather_owned
 
@@ -105,6 +106,9 @@ def pipeline_worker(ctx, net, data, cfg: PeerConfig):
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
     dev, i, M = ctx.device, ctx.rank, ctx.world_size
+    if ctx.wire != dev:
+        raise ValueError(f"{cfg.schedule} needs a GPU per rank (NCCL) or the CPU: ranks sharing {dev} over "
+                         f"{ctx.backend} would send CUDA tensors through torch.distributed.pipelining")
     net = copy.deepcopy(net).to(dev)
     bounds = [tuple(b) for b in cfg.bounds] if cfg.bounds else split_layers(net.n_layers, M)
     piece = Piece(net, *bounds[i])

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 
 from models.recording import OFF
-from models.training import Progress, check_finite, evaluate, sync
+from models.timing import sync
+from models.training import Progress, check_finite, evaluate
 
 from .profile import StageProfile
 from .rules import CLASSES, RULES, make_rule
@@ -41,6 +42,7 @@ class PipelineConfig:
     checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
     timeline_batches: int = 8  # batches of the profile's timeline (the first ones)
     points_per_epoch: int = 0  # one stage per process: points of a training curve an epoch (0: none)
+    balance: str | None = None  # one stage per process: the ranks choose the cuts ("cost" or "even"; None: keep)
 
     def __post_init__(self):
         if self.rule not in RULES:

@@ -1,10 +1,10 @@
 """Where a pipeline stage's time goes: compute, waiting, communication, and a timeline."""
 from __future__ import annotations
 
-import time
+from collections import deque
 from contextlib import contextmanager
 
-from models.training import sync
+from models.timing import clock_for
 
 # kind -> category of the per-stage table
 CATEGORIES = {"forward": "compute", "backward": "compute", "module": "compute", "step": "compute",
@@ -18,48 +18,72 @@ class StageProfile:
     """Accumulates the seconds of each kind of work of one stage (``with prof("forward"):``)
     and keeps the intervals of the first ``timeline_batches`` batches for a Gantt chart.
 
-    On a GPU each interval ends with a synchronisation, so that it times the work and
-    not its queueing; on the CPU the clock alone suffices."""
+    The intervals are read on the clock of the stage's device (models.timing): the host's
+    clock on the CPU; on a GPU, CUDA events recorded on the compute stream, whose times
+    are read once they have completed (``summary``, or as later intervals are opened).
+    Nothing here waits for the device, so a receive posted on a communication stream
+    keeps overlapping the compute that follows it."""
 
     def __init__(self, device, timeline_batches=8):
         self.device = device
+        self.clock = clock_for(device)
         self.seconds = {k: 0.0 for k in CATEGORIES}
         self.events = []  # (kind, batch, start, end), seconds from ``start``
         self.timeline_batches = timeline_batches
         self.batch = 0
-        self.origin = time.perf_counter()
-        self.wall = 0.0
+        self.origin = self.clock.mark()
+        self.end = None
+        self._open = deque()  # (kind, batch, start mark, end mark) not yet read
 
     def start(self):
         """The clock's origin: the moment every stage leaves the starting barrier."""
-        self.origin = time.perf_counter()
+        self.origin = self.clock.mark()
 
     def stop(self):
-        self.wall = time.perf_counter() - self.origin
+        self.end = self.clock.mark()
 
     @contextmanager
     def __call__(self, kind):
-        t0 = time.perf_counter()
+        if kind not in CATEGORIES:
+            raise KeyError(f"unknown kind of stage work {kind!r}; known: {', '.join(CATEGORIES)}")
+        t0 = self.clock.mark()
         try:
             yield
         finally:
-            sync(self.device)
-            t1 = time.perf_counter()
-            self.seconds[kind] += t1 - t0
-            if self.batch < self.timeline_batches:
-                self.events.append((kind, self.batch, t0 - self.origin, t1 - self.origin))
+            self._open.append((kind, self.batch, t0, self.clock.mark()))
+            self._read(wait=False)
+
+    def _read(self, wait):
+        """Book the intervals whose end mark has completed (all of them with ``wait``)."""
+        clock = self.clock
+        while self._open and (wait or clock.done(self._open[0][3])):
+            kind, batch, t0, t1 = self._open.popleft()
+            if wait:
+                clock.wait(t1)
+            self.seconds[kind] += clock.seconds(t0, t1)
+            if batch < self.timeline_batches:
+                self.events.append((kind, batch, clock.seconds(self.origin, t0), clock.seconds(self.origin, t1)))
+
+    @property
+    def wall(self):
+        if self.end is None:
+            return 0.0
+        self.clock.wait(self.end)
+        return self.clock.seconds(self.origin, self.end)
 
     def summary(self):
         """{busy_s, idle_s, communication_s, other_s, wall_s, per category and kind}."""
+        self._read(wait=True)
         by_cat = {}
         for kind, s in self.seconds.items():
             by_cat[CATEGORIES[kind]] = by_cat.get(CATEGORIES[kind], 0.0) + s
         busy = sum(by_cat.get(c, 0.0) for c in BUSY)
         idle = sum(by_cat.get(c, 0.0) for c in IDLE)
         comm = by_cat.get("communication", 0.0)
+        wall = self.wall
         return {"busy_s": busy, "idle_s": idle, "communication_s": comm,
-                "other_s": max(self.wall - busy - idle - comm, 0.0), "wall_s": self.wall,
-                "busy_fraction": busy / self.wall if self.wall > 0 else 0.0,
+                "other_s": max(wall - busy - idle - comm, 0.0), "wall_s": wall,
+                "busy_fraction": busy / wall if wall > 0 else 0.0,
                 **{f"{c}_s": v for c, v in by_cat.items() if c not in ("communication",)},
                 "kinds_s": dict(self.seconds), "timeline": self.events}
 

@@ -92,12 +92,15 @@ class _LoopbackEnd:
 class PointToPoint:
     """The messages of one stage process: torch.distributed isend/irecv to its neighbours.
     ``in_shape``/``out_shape``: one sample's state shape at the stage's input and output
-    cuts; the gradient receives are posted when the state is sent (``expect_grad``)."""
+    cuts; the gradient receives are posted when the state is sent (``expect_grad``).
+    Messages travel on ``wire`` (default ``device``): the CPU for GPU ranks over gloo,
+    which cannot send CUDA tensors."""
 
-    def __init__(self, rank, world, n_state, in_shape, out_shape, device, dtype, profile):
+    def __init__(self, rank, world, n_state, in_shape, out_shape, device, dtype, profile, wire=None):
         self.rank, self.world, self.n_state = rank, world, n_state
         self.in_shape, self.out_shape = in_shape, out_shape
         self.device, self.dtype, self.prof = device, dtype, profile
+        self.wire = device if wire is None else wire
         self.pending_sends, self.grad_recvs = [], {}
         self.sent = {"state": 0, "gradient": 0}
 
@@ -110,27 +113,27 @@ class PointToPoint:
 
     def send_state(self, b, state, labels):
         with self.prof("send"):
-            self._isend(pack(state, labels), self.rank + 1, TAG_STATE)
+            self._isend(pack(state, labels).to(self.wire), self.rank + 1, TAG_STATE)
         self.sent["state"] += 1
 
     def recv_state(self, b, nb):
-        msg = torch.empty(nb, self._width(self.in_shape) + 1, device=self.device, dtype=self.dtype)
+        msg = torch.empty(nb, self._width(self.in_shape) + 1, device=self.wire, dtype=self.dtype)
         with self.prof("wait input"):
             dist.irecv(msg, self.rank - 1, tag=TAG_STATE).wait()
         with self.prof("send"):
-            state, labels = unpack(msg, self.n_state, self.in_shape, with_labels=True)
+            state, labels = unpack(msg.to(self.device), self.n_state, self.in_shape, with_labels=True)
         return state, labels
         yield  # a generator, like the loopback's; never reached
 
     def expect_grad(self, b, nb):
         """Post the receive of batch b's gradient (from the next stage)."""
         with self.prof("send"):
-            buf = torch.empty(nb, self._width(self.out_shape), device=self.device, dtype=self.dtype)
+            buf = torch.empty(nb, self._width(self.out_shape), device=self.wire, dtype=self.dtype)
             self.grad_recvs[b] = (buf, dist.irecv(buf, self.rank + 1, tag=TAG_GRAD))
 
     def send_grad(self, b, grads):
         with self.prof("send"):
-            self._isend(pack(grads), self.rank - 1, TAG_GRAD)
+            self._isend(pack(grads).to(self.wire), self.rank - 1, TAG_GRAD)
         self.sent["gradient"] += 1
 
     def has_grad(self, b):
@@ -140,7 +143,7 @@ class PointToPoint:
         buf, work = self.grad_recvs.pop(b)
         with self.prof("wait gradient"):
             work.wait()
-        return unpack(buf, self.n_state, self.out_shape)
+        return unpack(buf.to(self.device), self.n_state, self.out_shape)
         yield  # a generator, like the loopback's; never reached
 
     def flush(self):
