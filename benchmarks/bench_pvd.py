@@ -25,7 +25,7 @@ import datasets
 from models import build_model
 from models.training import evaluate, fit
 from pvd import PVDConfig, parallel_worker, run_serial
-from scripts.launch import launch
+from harness.launch import launch
 
 
 def main():

@@ -1,6 +1,6 @@
 """Our pipeline, with each of its rules, against what a user would pick instead, on
 the same network (M = 2 stages of a 16-layer dense StableNet of width 784, cut where our
-pipeline cuts it), data, seed and epochs.  Every row is run with scripts/racing.py's
+pipeline cuts it), data, seed and epochs.  Every row is run with harness/race.py's
 trainers (the race's code), which time training alone (no start-up, no evaluation).
 
 Speed rows (verlet and resnet, batch 64 and 256, a Fashion-MNIST training subset):
@@ -39,7 +39,7 @@ import torch
 import datasets
 from models import build_model
 from models.training import evaluate
-from scripts.racing import PEERS, Race, run_trainer, summarise, table
+from harness.race import PEERS, Race, run_trainer, summarise, table
 from synthetic import RULES, ComplexNet, PipelineConfig, train_serial
 from synthetic.peers import samples_for
 
@@ -57,7 +57,7 @@ def network(meta, arch, layers=LAYERS, h=STEP, seed=0):
 
 
 def race_of(data, arch, epochs, batch, seed=0, points=1, microbatches=4):
-    """The race's shared settings (scripts.racing) for this bench's network."""
+    """The race's shared settings (harness.race) for this bench's network."""
     return Race(build=lambda n, h: build_model(arch, data.info.shape, data.info.classes, n, h), n_layers=LAYERS,
                 h=STEP, data=data, epochs=epochs, batch_size=batch, lr=LR, sg_lr=SG_LR, seed=seed,
                 points_per_epoch=points, threads=1, microbatches=microbatches)
@@ -103,7 +103,7 @@ def speed_row(data, arch, epochs, batch, rules):
 
 
 def accuracy_row(data, arch, epochs, batch, seeds, rules, target="bp-0.5", points=2):
-    """A race (scripts.racing) of backprop on every core, the torch peers and the
+    """A race (harness.race) of backprop on every core, the torch peers and the
     pipeline with each rule, for every seed: final test accuracies, the gap to backprop,
     and the time to ``target`` with its speed-ups."""
     trainers = ["bp-all", *PEERS, *(f"pipeline-{r}" for r in rules)]

@@ -13,9 +13,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from models.training import preload  # noqa: E402
+from harness.launch import prepare_process  # noqa: E402
 
-preload()  # the optimisers' lazy import, out of every timed section
+prepare_process()  # the allocator's settings, the optimisers' lazy import: out of every timed section
 
 OUT_DIR = ROOT / "benchmarks" / "results"
 
@@ -40,7 +40,7 @@ def timed(fn):
 
 
 def save(name, payload):
-    from models.files import write_json
+    from datasets.files import write_json
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{name}.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.files import atomic
+from datasets.files import atomic
 
 CACHE_VERSION = 1
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic
+from datasets.files import atomic
 
 
 class CheckpointError(RuntimeError):

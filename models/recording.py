@@ -11,14 +11,16 @@ on rank 0 (the time of a point: the latest of the processes' clocks).
 """
 from __future__ import annotations
 
+import copy
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from .timing import sync
+from .devices import sync
+from .training import OFF, Hooks, evaluate
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Point:
     state: dict = field(default_factory=dict, repr=False)  # {name: CPU tensor} of the parameters held
 
 
-class Recorder:
+class Recorder(Hooks):
     """Points of one process's training (``held``: {name: parameter} it trains or holds).
 
     ``start()`` before the first batch; ``batch_end(loss, size)`` after every batch (the
@@ -96,34 +98,12 @@ class Recorder:
         return gather_points(self.points, replicated)
 
     def _sync(self):
-        """The clock reads after the compute queued on the device's stream (models.timing:
+        """The clock reads after the compute queued on the device's stream (models.devices:
         a posted receive on a communication stream is not waited for)."""
         if self.device is not None:
             sync(self.device)
 
 
-class Off:
-    """No training curve: every hook of a Recorder, doing nothing."""
-
-    points = ()
-
-    def start(self):
-        pass
-
-    def paused(self):
-        return nullcontext()
-
-    def batch_end(self, loss=None, size=0):
-        pass
-
-    def epoch_end(self, loss=None, epochs=1):
-        pass
-
-    def gather(self, replicated=False):
-        return None
-
-
-OFF = Off()
 
 
 def recorder(held, n_samples, batch_size, points_per_epoch, device=None, epoch=0):
@@ -159,10 +139,6 @@ def evaluate_points(net, points, x, y, offset=0.0):
     """Each point's test accuracy: its parameters loaded into ``net`` (a copy is changed,
     not ``net``); returns [{seconds, epoch, loss, test_acc}] with ``offset`` added to the
     times."""
-    import copy
-
-    from .training import evaluate
-
     net = copy.deepcopy(net)
     out = []
     for p in points:

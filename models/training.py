@@ -4,15 +4,43 @@ from __future__ import annotations
 import math
 import sys
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from datasets.batching import batches, epoch_batches
 from models.checkpoint import restore, training_state
-from models.recording import OFF
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class Hooks:
+    """What a training loop tells whoever records its curve (models.recording.Recorder):
+    ``start()`` before the first batch, ``batch_end(loss, size)`` after every batch,
+    ``epoch_end()`` once an epoch's work is done, ``paused()`` around work that is not
+    training (evaluation, logging), ``gather()`` the points of every rank.  This base
+    records nothing (``OFF``)."""
+
+    points = ()
+
+    def start(self):
+        pass
+
+    def paused(self):
+        return nullcontext()
+
+    def batch_end(self, loss=None, size=0):
+        pass
+
+    def epoch_end(self, loss=None, epochs=1):
+        pass
+
+    def gather(self, replicated=False):
+        return None
+
+
+OFF = Hooks()
 
 
 class DivergenceError(RuntimeError):
@@ -26,26 +54,6 @@ def preload():
         import torch._dynamo  # noqa: F401
     except ImportError:
         pass
-
-
-def pick_device(name="auto"):
-    """"auto" -> cuda when present, else cpu; otherwise the named device."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"device {name!r} asked for, but this machine has {count} GPU(s): "
-                             + ", ".join(f"cuda:{k}" for k in range(count)))
-    elif device.type != "cpu":
-        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K")
-    return device
 
 
 def make_optimizer(name, params, lr):
@@ -119,7 +127,7 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     the training state (model, optimiser, scheduler, random generators, history, epoch);
     given back as ``resume``, that state continues the run after its epoch exactly as if it
     had never stopped (the same batches, the same parameters, bit for bit).
-    ``recorder`` (models.recording.Recorder) takes the points of a training curve.
+    ``recorder`` (Hooks: a models.recording.Recorder) takes the points of a training curve.
     ``test`` (x_test, y_test) adds each epoch's test accuracy to the history (measured
     after the epoch's clock has stopped).
     """

@@ -35,9 +35,8 @@ from datasets.augment import crop_flip
 from datasets.batching import batch_bounds
 from models.base import split_layers
 from models.checkpoint import fail_once
-from models.recording import OFF
-from models.timing import sync
-from models.training import evaluate, make_optimizer
+from models.devices import sync
+from models.training import OFF, evaluate, make_optimizer
 
 SYNC_RULES = ("best", "affine")
 

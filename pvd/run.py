@@ -28,7 +28,7 @@ def _latest(saver):
 
 def run_serial(model, data, cfg, log=None, saver=None):
     """All P processors one after another in this process (the original's mode).
-    ``saver(k, state)`` (a scripts.resume.Checkpointer) saves the run after iteration k;
+    ``saver(k, state)`` (a harness.resume.Checkpointer) saves the run after iteration k;
     the run continues from its latest checkpoint when there is one."""
     pvd = PVD(model, data, cfg)
     return _outcome(pvd, pvd.run(log, resume=_latest(saver), on_iteration_end=saver))

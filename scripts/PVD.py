@@ -13,14 +13,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from harness import board, figures  # noqa: E402
+from harness.cli import configure  # noqa: E402
+from harness.entry import run  # noqa: E402
+from harness.experiment import augmenting, build, describe, open_run  # noqa: E402
+from harness.launch import launch, world_size_for  # noqa: E402
+from harness.resume import Checkpointer  # noqa: E402
+from harness.rundir import emit_result  # noqa: E402
 from pvd import PVDConfig, parallel_worker, run_serial  # noqa: E402
-from scripts import board, plotting  # noqa: E402
-from scripts.constants import configure  # noqa: E402
-from scripts.entry import run  # noqa: E402
-from scripts.experiment import augmenting, build, describe, open_run  # noqa: E402
-from scripts.launch import launch, world_size_for  # noqa: E402
-from scripts.resume import Checkpointer  # noqa: E402
-from scripts.rundir import emit_result  # noqa: E402
 
 DATASET = "ELLIPSE"  # ELLIPSE, SWISS, DIGITS, MNIST, FASHION (or CIFAR10)
 CHOICE = "verlet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
@@ -108,9 +108,9 @@ def report(cfg, run_dir, out):
     board.write_history(run_dir.path, hist, step_key="iteration", seconds_key="wall_time_s", cumulative=False)
     series = {k: hist[k] for k in ("loss", "train_acc", "test_acc")}
     title = f"PVD, {cfg.NUM_PROC} processors"
-    plotting.curves(run_dir.file("pvd_iterations.png"), {"PVD": {"iteration": hist["iteration"], **series}},
+    figures.curves(run_dir.file("pvd_iterations.png"), {"PVD": {"iteration": hist["iteration"], **series}},
                     x_key="iteration", title=title)
-    plotting.curves(run_dir.file("pvd_time.png"), {"PVD": {"wall time (s)": hist["wall_time_s"], **series}},
+    figures.curves(run_dir.file("pvd_time.png"), {"PVD": {"wall time (s)": hist["wall_time_s"], **series}},
                     x_key="wall time (s)", title=title)
     print(f"test acc {result['test_acc']:.4f} after {result['iterations']} iterations; "
           f"wall time {result['wall_time_s']:.1f}s, theoretical parallel time {result['theoretical_time_s']:.1f}s")

@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from scripts import sg_experiments  # noqa: E402
-from scripts.constants import configure  # noqa: E402
-from scripts.entry import run  # noqa: E402
+from harness import pipeline_experiments  # noqa: E402
+from harness.cli import configure  # noqa: E402
+from harness.entry import run  # noqa: E402
 
 DATASET = "DIGITS"  # DIGITS, MNIST, FASHION, CIFAR10, ELLIPSE or SWISS
 CHOICE = "verlet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
@@ -52,7 +52,7 @@ RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may g
 
 
 def main(argv=None):
-    sg_experiments.distributed(__file__, configure(__file__, globals(), argv, __doc__))
+    pipeline_experiments.distributed(__file__, configure(__file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":

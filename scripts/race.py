@@ -19,9 +19,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from scripts.constants import configure  # noqa: E402
-from scripts.entry import run  # noqa: E402
-from scripts.racing import race_main  # noqa: E402
+from harness.cli import configure  # noqa: E402
+from harness.entry import run  # noqa: E402
+from harness.race import race_main  # noqa: E402
 
 DATASET = "FASHION"  # FASHION, MNIST, DIGITS, CIFAR10, ELLIPSE or SWISS
 CHOICE = "verlet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog

@@ -8,9 +8,9 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from scripts.architecture import train_single  # noqa: E402
-from scripts.constants import configure  # noqa: E402
-from scripts.entry import run  # noqa: E402
+from harness.cli import configure  # noqa: E402
+from harness.entry import run  # noqa: E402
+from harness.fit_experiments import train_single  # noqa: E402
 
 DATASET = "MNIST"  # MNIST, FASHION, CIFAR10, DIGITS, ELLIPSE or SWISS
 CHOICE = "resnet"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog

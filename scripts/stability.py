@@ -14,15 +14,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from harness import board, figures  # noqa: E402
+from harness.cli import configure, depths_of  # noqa: E402
+from harness.entry import run  # noqa: E402
+from harness.experiment import build, open_run  # noqa: E402
+from harness.fit_experiments import lowest, train  # noqa: E402
+from harness.rundir import emit_result  # noqa: E402
 from models import MODELS  # noqa: E402
 from models import stability as st  # noqa: E402
 from models.training import mean_loss  # noqa: E402
-from scripts import board, plotting  # noqa: E402
-from scripts.architecture import lowest, train  # noqa: E402
-from scripts.constants import configure, depths_of  # noqa: E402
-from scripts.entry import run  # noqa: E402
-from scripts.experiment import build, open_run  # noqa: E402
-from scripts.rundir import emit_result  # noqa: E402
 
 DATASET = "DIGITS"  # ELLIPSE, SWISS, DIGITS, MNIST, FASHION or CIFAR10 (dense networks)
 DEPTHS = "4,8,16,32,64"  # depths N of the sweep, comma-separated; h = FINAL_TIME / N
@@ -125,10 +125,10 @@ def run_stability(script_file, cfg):
     rundir.save_json("metrics.json", {"results": results, "phase_plane": phase_growth, "depths": depths,
                                    "final_time": cfg.FINAL_TIME,
                                    "history": {a: {str(n): h for n, h in hs.items()} for a, hs in histories.items()}})
-    plotting.phase_plane_figure(rundir.file("phase_plane.png"), phase, cfg.PHASE_STEP)
-    plotting.growth_figure(rundir.file("perturbation_growth.png"), probes, cfg.FINAL_TIME)
-    plotting.spectra_figure(rundir.file("spectra.png"), spectra, cfg.SPECTRA_DEPTH)
-    plotting.depth_figure(rundir.file("depth.png"), results, histories)
+    figures.phase_plane_figure(rundir.file("phase_plane.png"), phase, cfg.PHASE_STEP)
+    figures.growth_figure(rundir.file("perturbation_growth.png"), probes, cfg.FINAL_TIME)
+    figures.spectra_figure(rundir.file("spectra.png"), spectra, cfg.SPECTRA_DEPTH)
+    figures.depth_figure(rundir.file("depth.png"), results, histories)
     print(f"figures: phase_plane.png, perturbation_growth.png, spectra.png, depth.png in {rundir.path}")
     emit_result({"dataset": meta.name, **lowest(trainings), "depths": depths, "final_time": cfg.FINAL_TIME,
                  "results": results, "phase_plane": phase_growth, "run_dir": str(rundir.path)})

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from models import files
+from datasets import files
 from models.base import split_layers
-from models.timing import sync
+from models.devices import sync
 from models.training import make_optimizer
 
 from .modules import SyntheticGradient

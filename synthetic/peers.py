@@ -1,6 +1,6 @@
 """What a user would pick instead of our pipeline to spread one network over processes:
 torch's DistributedDataParallel, and torch.distributed.pipelining with the GPipe and 1F1B
-schedules, on the same StableNet cut at the same places.  Workers for ``scripts.launch``;
+schedules, on the same StableNet cut at the same places.  Workers for ``harness.launch``;
 both train with true gradients (the result is backprop's, up to rounding) and return
 rank 0's trained parameters, the training time and, with ``points_per_epoch``, the
 points of the training curve (models.recording).
@@ -19,8 +19,8 @@ from torch import nn
 
 from datasets.batching import epoch_batches
 from models.base import split_layers
+from models.devices import sync
 from models.recording import recorder
-from models.timing import sync
 from models.training import make_optimizer
 
 from .distributed import gather_owned

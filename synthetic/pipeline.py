@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from models.recording import OFF
-from models.timing import sync
-from models.training import Progress, check_finite, evaluate
+from models.devices import sync
+from models.training import OFF, Progress, check_finite, evaluate
 
 from .profile import StageProfile
 from .rules import CLASSES, RULES, make_rule

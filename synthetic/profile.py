@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import deque
 from contextlib import contextmanager
 
-from models.timing import clock_for
+from models.devices import clock_for
 
 # kind -> category of the per-stage table
 CATEGORIES = {"forward": "compute", "backward": "compute", "module": "compute", "step": "compute",
@@ -18,7 +18,7 @@ class StageProfile:
     """Accumulates the seconds of each kind of work of one stage (``with prof("forward"):``)
     and keeps the intervals of the first ``timeline_batches`` batches for a Gantt chart.
 
-    The intervals are read on the clock of the stage's device (models.timing): the host's
+    The intervals are read on the clock of the stage's device (models.devices): the host's
     clock on the CPU; on a GPU, CUDA events recorded on the compute stream, whose times
     are read once they have completed (``summary``, or as later intervals are opened).
     Nothing here waits for the device, so a receive posted on a communication stream

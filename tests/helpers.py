@@ -55,7 +55,7 @@ def refused(name, *args):
     import importlib
     import io
 
-    from scripts.entry import run
+    from harness.entry import run
 
     module = importlib.import_module(f"scripts.{name}")
     err = io.StringIO()

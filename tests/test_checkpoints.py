@@ -105,9 +105,9 @@ def test_a_truncated_checkpoint_resumes_from_the_previous_one(tmp_path):
 def short_run(tmp_path):
     """The run directory of a 2-epoch verletTest run on DIGITS (its config.json, as the run
     writes it), to resume: refusals happen before anything is trained."""
+    from harness.cli import configure
+    from harness.rundir import RunDir
     from scripts import verletTest
-    from scripts.constants import configure
-    from scripts.rundir import RunDir
 
     cfg = configure(verletTest.__file__, vars(verletTest), ["--dataset", "DIGITS", "--n", "2", "--epochs", "2",
                                                             "--results-dir", str(tmp_path)])
@@ -253,10 +253,10 @@ def test_pvd_stopping_early_at_its_target_checkpoints_that_iteration(tmp_path):
     """With CHECKPOINT_EVERY 5, a PVD run that reaches TARGET_ACC at an iteration that is no
     multiple of 5 still saves that iteration: a resume continues from where it stopped."""
     import datasets
+    from harness.cli import Config
+    from harness.resume import Checkpointer
     from models import build_model
     from pvd import PVDConfig, run_serial
-    from scripts.constants import Config
-    from scripts.resume import Checkpointer
 
     data = datasets.load("ELLIPSE", seed=0)
     torch.manual_seed(0)

@@ -3,11 +3,11 @@ choice that a CPU machine can decide, with ``torch.cuda`` replaced by a fake GPU
 import pytest
 import torch
 
+from harness import race as racing
+from harness.launch import DistContext, rank_device
 from models import checkpoint
+from models.devices import pick_device
 from models.recording import Recorder
-from models.training import pick_device
-from scripts import racing
-from scripts.launch import DistContext, rank_device
 from synthetic.balance import Costs, balanced_bounds
 from synthetic.profile import StageProfile
 from tests.helpers import refused

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import datasets
+from harness.launch import launch
 from models import build_model
 from models.training import evaluate, fit
-from scripts.launch import launch
 from synthetic import RULES, ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import measure_costs
 from synthetic.distributed import stage_worker

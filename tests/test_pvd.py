@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import datasets
+from harness.launch import launch
 from models import build_model
 from pvd import PVD, PVDConfig, layer_blocks, parallel_worker, run_serial
-from scripts.launch import launch
 from tests.helpers import interrupt_after, refused, result_of, run_failing, run_script
 
 torch.set_num_threads(1)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import datasets
+from harness import race as racing
 from models import build_model
 from models.recording import Recorder, evaluate_points
-from scripts import racing
 from synthetic import ComplexNet, PipelineConfig, train_serial
 from tests.helpers import refused, result_of, run_script
 

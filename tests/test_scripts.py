@@ -79,7 +79,7 @@ def test_bad_values_exit_2_with_one_line(tmp_path, monkeypatch, args, message):
     ("swiss", ["--dataset", "ELLIPSE", "--epochs", 1, "--n", 2]),
 ])
 def test_a_dataset_chosen_on_the_command_line_needs_no_other_change(tmp_path, script, args):
-    from scripts.rundir import RESULT_KEYS
+    from harness.rundir import RESULT_KEYS
 
     chosen = args[args.index("--dataset") + 1]
     proc = run_script(script, *args, "--results-dir", tmp_path)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import datasets
+from harness.launch import launch
 from models import build_model
 from models.training import evaluate, fit
-from scripts.launch import launch
 from synthetic import ComplexNet, PipelineConfig, SyntheticGradient, train_serial
 from synthetic.balance import Costs, _timed, balanced_bounds, choose_bounds, measure_costs
 from synthetic.distributed import stage_worker

@@ -84,7 +84,7 @@ def rank_device(request, local_rank, local_world):
       with fewer, the ranks share the GPUs (rank r on GPU r mod count) over gloo;
     - "cuda:k": every local rank on GPU k, over gloo when there are several (NCCL cannot
       put two ranks on one GPU), NCCL for one."""
-    from models.training import pick_device
+    from models.devices import pick_device
 
     device = pick_device(request)  # ValueError for a device this machine does not have
     if device.type != "cuda":
@@ -112,6 +112,39 @@ def this_rank_device(request, nprocs):
     return device
 
 
+# glibc's mallopt parameters, and the values every process of a run sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: activations and batches come from the heap
+TRIM_THRESHOLD = 1 << 30  # freed memory stays in the process
+
+
+def steady_allocator():
+    """Keep the memory a training loop frees for its next batch (Linux, glibc).
+
+    By default glibc maps every block over 128 KiB (a batch of 128 Fashion-MNIST images
+    is 400 KB; a conv activation several MB) afresh and returns it when freed, raising
+    that threshold only as it sees such blocks freed.  Each batch then faults in and
+    zeroes its pages again: about two million page faults in two epochs of the race's conv
+    network, 25 % of its time, and fewer in later runs of the same process, so that a
+    trainer ran slower as the race's first.  Fixed thresholds make every trainer start
+    from the same state."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
+def prepare_process():
+    """What every process of a run does before its clock starts: the allocator's settings
+    and torch's lazy imports (models.training.preload)."""
+    from models.training import preload
+
+    steady_allocator()
+    preload()
+
+
 def _die_with_parent():
     """Linux: have the kernel send SIGTERM to this worker if its parent dies."""
     try:
@@ -123,9 +156,7 @@ def _die_with_parent():
 def init_worker(rank, world_size, local_rank, local_world, *, threads=0, device="auto", timeout_s=120):
     """Set threads, pick device and backend (``rank_device``), join the process group;
     returns the context."""
-    from models.training import preload
-
-    preload()
+    prepare_process()
     torch.set_num_threads(threads or default_threads(local_world))
     device, backend = rank_device(device, local_rank, local_world)
     if device.type == "cuda":

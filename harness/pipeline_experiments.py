@@ -5,14 +5,14 @@ import time
 
 import torch
 
+from harness import board, figures
+from harness.experiment import augmenting, describe, model_kwargs, open_run
+from harness.launch import default_threads, launch, this_rank_device, world_size_for
+from harness.resume import Checkpointer, PhaseStates, load_checkpoint
+from harness.rundir import emit_result
 from models import build_model
 from models.recording import evaluate_points
 from models.training import evaluate
-from scripts import board, plotting
-from scripts.experiment import augmenting, describe, model_kwargs, open_run
-from scripts.launch import default_threads, launch, this_rank_device, world_size_for
-from scripts.resume import Checkpointer, PhaseStates, load_checkpoint
-from scripts.rundir import emit_result
 from synthetic import ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import choose_bounds, describe_split, save_split, saved_split, split_line
 from synthetic.distributed import stage_worker
@@ -114,7 +114,7 @@ def _report_profile(run, result, label):
     RESULT line keeps the busy fractions (metrics.json keeps everything)."""
     print(f"\nper-stage profile ({label}; busy: forward, backward, module or head, optimiser step)\n"
           + profile_table(result["profile"]), flush=True)
-    plotting.timeline_figure(run.file("timeline.png"), result["profile"],
+    figures.timeline_figure(run.file("timeline.png"), result["profile"],
                              title=f"{label}: the first batches of each stage")
 
 
@@ -134,7 +134,7 @@ def _finish(run, name, series, result):
         curves[label] = {"epoch": h["epoch"], "loss": h["loss"]}
         if any(h.get("sg_cos", [])):
             curves[label]["module cosine"] = [sum(c) / len(c) if c else float("nan") for c in h["sg_cos"]]
-    plotting.curves(run.file(f"{name}.png"), curves)
+    figures.curves(run.file(f"{name}.png"), curves)
     emit_result({**result, "run_dir": str(run.path)})
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import sys
 import traceback
 
-from .constants import UsageError
+from .cli import UsageError
 
 
 def run(main, argv=None):
     """Run a script's main(argv) and turn its errors into exit statuses."""
-    from models.training import DivergenceError, preload
-    from scripts.launch import WorkerFailed
+    from harness.launch import WorkerFailed, prepare_process
+    from models.training import DivergenceError
 
     try:
-        preload()
+        prepare_process()
         main(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from models import checkpoint
 
-from .constants import Config, UsageError, check
+from .cli import Config, UsageError, check
 from .rundir import restart_marker
 
 # Constants a resumed run may change: where and how it runs, not what it computes.

@@ -1,6 +1,6 @@
 """A run's directory, results/<script>/<timestamp>/: config.json (every constant, the
 versions, the git commit), metrics.json, figures, weights and checkpoints, every file
-written atomically (models.files); and the RESULT line that ends every script."""
+written atomically (datasets.files); and the RESULT line that ends every script."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from models import files
+from datasets import files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ class RunDir:
         if path is not None:
             self.path = Path(path)
             for stale in list(self.path.rglob(".*.tmp")):  # a write the killed run did not finish
-                if stale.is_dir():  # TensorBoard's (scripts.board)
+                if stale.is_dir():  # TensorBoard's (harness.board)
                     shutil.rmtree(stale, ignore_errors=True)
                 else:
                     stale.unlink(missing_ok=True)

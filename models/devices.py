@@ -1,4 +1,8 @@
-"""Clocks that tell the time of the work queued on a device, without stalling it.
+"""The device of a run, and clocks that tell the time of the work queued on it without
+stalling it.
+
+``pick_device(name)``: "auto" -> cuda when present, else cpu; a device this machine
+lacks raises ValueError.
 
 On the CPU the host's clock is the work's clock.  On a GPU the host only queues work, so
 reading ``time.perf_counter()`` right after a call measures its launch.  Two remedies,
@@ -18,6 +22,26 @@ from __future__ import annotations
 import time
 
 import torch
+
+
+def pick_device(name="auto"):
+    """The device DEVICE names (see the module doc); ValueError for one this machine lacks."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r} asked for, but this machine has {count} GPU(s): "
+                             + ", ".join(f"cuda:{k}" for k in range(count)))
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K")
+    return device
 
 
 def sync(device):

@@ -242,7 +242,7 @@ CHECKS = {
     "RULE": _one_of(_names("synthetic.rules", "RULES")),
     "SHRINK": _positive(),
     "EXACT_EPOCHS": _at_least(0),
-    # the race (scripts/racing.py checks TRAINERS, TARGET and SEEDS)
+    # the race (harness/race.py checks TRAINERS, TARGET and SEEDS)
     "TRAIN_SAMPLES": _at_least(0),
     "POINTS_PER_EPOCH": _at_least(1),
     "PROCESSES": _at_least(2),
@@ -270,7 +270,7 @@ def validate(cfg):
     """Check every constant the script has; return (DataInfo, architecture name, device)."""
     import datasets
     from models import model_name
-    from models.training import pick_device
+    from models.devices import pick_device
 
     try:
         meta = datasets.info(cfg.DATASET)

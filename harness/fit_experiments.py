@@ -2,13 +2,13 @@
 validate -> load -> build -> train -> report."""
 from __future__ import annotations
 
+from harness import board, figures
+from harness.cli import check
+from harness.experiment import augmenting, build, describe, open_run
+from harness.resume import Checkpointer, PhaseStates
+from harness.rundir import emit_result
 from models import MODELS
 from models.training import evaluate, fit
-from scripts import board, plotting
-from scripts.constants import check
-from scripts.experiment import augmenting, build, describe, open_run
-from scripts.resume import Checkpointer, PhaseStates
-from scripts.rundir import emit_result
 
 
 def train(cfg, model, data, log, resume=None, on_epoch_end=None):
@@ -43,7 +43,7 @@ def train_single(script_file, cfg):
     run.save_json("metrics.json", {"history": history, **result})
     run.save_weights("model.pt", model.state_dict())
     board.write_history(run.path, history)
-    plotting.curves(run.file("training.png"), {o.arch: history}, title=f"{o.arch} on {o.meta.name}")
+    figures.curves(run.file("training.png"), {o.arch: history}, title=f"{o.arch} on {o.meta.name}")
     print(f"train acc {result['train_acc']:.4f}  test acc {result['test_acc']:.4f}  "
           f"time {result['train_time_s']:.1f}s")
     emit_result({"architecture": o.arch, "dataset": o.meta.name, **result, "run_dir": str(run.path)})
@@ -70,8 +70,8 @@ def train_toy(script_file, cfg):
     run.save_json("metrics.json", {"history": histories, "results": results})
     for arch, history in histories.items():
         board.write_history(run.path / arch, history)
-    plotting.toy_figure(run.file(f"{o.meta.name.lower()}.png"), models, data)
-    plotting.curves(run.file("training.png"), histories, title=o.meta.name)
+    figures.toy_figure(run.file(f"{o.meta.name.lower()}.png"), models, data)
+    figures.curves(run.file("training.png"), histories, title=o.meta.name)
     emit_result({"dataset": o.meta.name, **lowest(results), "results": results, "run_dir": str(run.path)})
 
 

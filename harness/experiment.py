@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constants import Config, UsageError, augmenting, unit_channels, validate
+from .cli import Config, UsageError, augmenting, unit_channels, validate
 from .resume import load_checkpoint, resume_constants
 from .rundir import RunDir, is_main_process
 

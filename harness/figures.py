@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 
-from models.files import atomic  # noqa: E402
+from datasets.files import atomic  # noqa: E402
 
 CLASS_COLOURS = ("tab:blue", "tab:orange")
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.cli import UsageError, check
+from harness.launch import default_threads, launch, rank_device, this_rank_device
 from models.recording import evaluate_points, recorder
 from models.training import evaluate, fit
-from scripts.constants import UsageError, check
-from scripts.launch import default_threads, launch, rank_device, this_rank_device
 from synthetic import ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import choose_bounds
 from synthetic.distributed import stage_worker
@@ -54,7 +54,7 @@ class Race:
     shrink: float = 1.0
     coarse_epochs: int = 1  # multilevel: epochs of the coarse network (of ``epochs``)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # DEVICE: every trainer
-    on_placement: object = None  # told where a launch's ranks ran (scripts.launch.launch)
+    on_placement: object = None  # told where a launch's ranks ran (harness.launch.launch)
 
     def network(self, n_layers=None, h=None):
         torch.manual_seed(self.seed)
@@ -327,7 +327,7 @@ def trainer_names(cfg):
 
 def check_race(cfg, meta):
     """The race's own rules (UsageError, one line, exit status 2)."""
-    from scripts.constants import unit_channels
+    from harness.cli import unit_channels
 
     try:
         names = trainer_names(cfg)
@@ -386,10 +386,10 @@ def _columns(curve):
 def race_main(script_file, cfg):
     """Run every trainer of TRAINERS for every seed of SEEDS; table, race.png, race.json,
     TensorBoard series and the RESULT line."""
-    from scripts import board, plotting
-    from scripts.architecture import lowest
-    from scripts.experiment import build, open_run
-    from scripts.rundir import emit_result
+    from harness import board, figures
+    from harness.experiment import build, open_run
+    from harness.fit_experiments import lowest
+    from harness.rundir import emit_result
 
     seeds = seeds_of(cfg)
     o = open_run(script_file, cfg.replace(SEED=seeds[0]), check=check_race, device_data=False)
@@ -423,7 +423,7 @@ def race_main(script_file, cfg):
     curves = {t: [c for c, _ in r] for t, r in runs.items()}
     run.save_json("race.json", {"target": cfg.TARGET, "targets": targets, "seeds": seeds, "winner": first,
                                 "summary": summary, "curves": curves})
-    plotting.race_figure(run.file("race.png"), curves, targets,
+    figures.race_figure(run.file("race.png"), curves, targets,
                          title=f"{o.arch}, {cfg.N} layers, {o.meta.name}: test accuracy against training time")
     finals = {t: {"train_acc": s["final_train_acc"], "test_acc": s["final_test_acc"], "train_time_s": s["train_time_s"]}
               for t, s in summary.items()}
