@@ -113,7 +113,8 @@ class History:
     loss: list = field(default_factory=list)
     train_acc: list = field(default_factory=list)
     test_acc: list = field(default_factory=list)
-    wall_time_s: list = field(default_factory=list)
+    wall_time_s: list = field(default_factory=list)  # since the start, accuracies and checkpoints included
+    train_time_s: list = field(default_factory=list)  # the iterations alone (no accuracies, no checkpoints)
     theoretical_time_s: list = field(default_factory=list)
     proc_time_s: list = field(default_factory=list)  # per iteration, each processor's seconds
     sync_time_s: list = field(default_factory=list)
@@ -337,22 +338,25 @@ class PVD:
         (models.recording) takes a point after every iteration, its clock paused for the
         accuracies the loop computes."""
         cfg = self.cfg
-        hist, start, t_offset, theoretical = History(), 1, 0.0, 0.0
+        hist, start, t_offset, theoretical, trained = History(), 1, 0.0, 0.0, 0.0
         if resume is not None:
             self.x = {n: resume["x"][n].to(self._dev()).clone() for n in self.names}
             self.load_into_model()
             hist = History(**{k: list(v) for k, v in resume["history"].items()})
             start = resume["iteration"] + 1
             t_offset, theoretical = hist.wall_time_s[-1], hist.theoretical_time_s[-1]
+            trained = hist.train_time_s[-1] if hist.train_time_s else t_offset
             if hist.test_acc[-1] >= cfg.target_acc:
                 return hist
         self.comm.barrier()  # the clock starts when every processor is ready
         t_start = time.perf_counter() - t_offset
         recorder.start()
         for k in range(start, cfg.iterations + 1):
+            t0 = time.perf_counter()
             loss, best, proc_times, cand_losses, t_sync = self.iteration(k)
             theoretical += max(proc_times) + t_sync
             self.load_into_model()
+            trained += time.perf_counter() - t0
             recorder.epoch_end(loss, self.epochs_per_iteration())
             with recorder.paused():
                 flag = torch.tensor([self.correct(self.data.x_train, self.data.y_train),
@@ -363,7 +367,8 @@ class PVD:
             flag[1] /= len(self.data.y_test)
             wall = time.perf_counter() - t_start
             for key, val in (("iteration", k), ("loss", loss), ("train_acc", float(flag[0])),
-                             ("test_acc", float(flag[1])), ("wall_time_s", wall), ("theoretical_time_s", theoretical),
+                             ("test_acc", float(flag[1])), ("wall_time_s", wall), ("train_time_s", trained),
+                             ("theoretical_time_s", theoretical),
                              ("proc_time_s", proc_times), ("sync_time_s", t_sync), ("winner", best),
                              ("candidate_loss", cand_losses)):
                 getattr(hist, key).append(val)

@@ -249,4 +249,5 @@ def saved_split(run_dir):
 
 
 def save_split(run_dir, split):
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     files.write_json(Path(run_dir) / SPLIT_FILE, split)

@@ -179,26 +179,32 @@ def stage_worker(ctx, cnet, data, cfg: PipelineConfig):
     prof.start()
     t_start = time.perf_counter()
     rec.start()
+    saving = 0.0  # seconds of this stage's checkpoint writes: not training
     for epoch in range(start + 1, cfg.epochs + 1):
         _epoch(stage, data, cfg, epoch, hist, rec)
         if checkpoints is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            t0 = time.perf_counter()
             _save(stage, checkpoints, epoch, hist)
+            saving += time.perf_counter() - t0
     prof.stop()  # before the barrier: a stage's wall time ends with its own last piece of work
+    train_time = prior_seconds + time.perf_counter() - t_start - saving
     dist.barrier()
-    return _gathered(ctx, stage, hist, prof, prior_seconds + time.perf_counter() - t_start, rec, split)
+    return _gathered(ctx, stage, hist, prof, train_time, rec, split)
 
 
 def _gathered(ctx, stage, hist, prof, train_time, rec, split):
+    """Rank 0's result; the training time is the latest of the stages' clocks."""
     points = rec.gather()
     state_dict = gather_owned(stage.cnet, stage.owned())
     everything = [None] * ctx.world_size
     dist.all_gather_object(everything, {"history": hist, "profile": prof.summary(),
-                                        "messages": dict(stage.transport.sent)})
+                                        "messages": dict(stage.transport.sent), "train_time_s": train_time})
     if not ctx.is_main:
         return None
     return {"state_dict": state_dict, "histories": [e["history"] for e in everything],
             "profiles": [e["profile"] for e in everything], "messages": [e["messages"] for e in everything],
-            "bounds": stage.cnet.bounds, "split": split, "train_time_s": train_time, "points": points}
+            "bounds": stage.cnet.bounds, "split": split, "train_time_s": max(e["train_time_s"] for e in everything),
+            "points": points}
 
 
 def gather_owned(net, owned):

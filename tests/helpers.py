@@ -130,3 +130,15 @@ def interrupt_after(script, *args, wait_for="", timeout=60):
     seconds = time.perf_counter() - t0
     time.sleep(0.5)
     return proc.returncode, seconds, leftover_processes(marker), "".join(out) + rest
+
+
+def slow_checkpoints_stage_worker(ctx, *args):
+    """synthetic.distributed.stage_worker with every checkpoint write made 0.5 s slower
+    (module level: spawned workers import it)."""
+    import time
+
+    import synthetic.distributed as distributed
+
+    save = distributed._save
+    distributed._save = lambda *a: (time.sleep(0.5), save(*a))[1]
+    return distributed.stage_worker(ctx, *args)

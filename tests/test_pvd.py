@@ -1,4 +1,6 @@
 """Parallel Variable Distribution: the algorithm's properties, serial against parallel."""
+import json
+
 import pytest
 import torch
 
@@ -107,11 +109,37 @@ def test_a_failing_worker_ends_the_run_without_leftovers(tmp_path):
 
 
 @pytest.mark.slow
-def test_pvd_script_serial_mode_prints_both_times(tmp_path):
-    res = result_of(run_script("PVD", "--parallel", 0, "--iterations", 2, "--target-acc", 2, "--results-dir", tmp_path))
-    assert res["iterations"] == 2 and res["theoretical_time_s"] > 0 and res["wall_time_s"] > 0
+def test_pvd_script_serial_mode_reports_a_time_split_that_adds_up(tmp_path):
+    res = result_of(run_script("PVD", "--parallel", 0, "--iterations", 3, "--target-acc", 2, "--results-dir", tmp_path))
     (run_dir,) = (tmp_path / "PVD").iterdir()
-    assert (run_dir / "pvd_time.png").is_file() and (run_dir / "metrics.json").is_file()
+    hist = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert res["iterations"] == 3 and res["train_time_s"] == hist["train_time_s"][-1]
+    # the theoretical time: per iteration the slowest processor plus the synchronisation
+    assert res["theoretical_time_s"] == pytest.approx(sum(max(p) + s for p, s in zip(hist["proc_time_s"],
+                                                                                      hist["sync_time_s"])))
+    # the processors one after another, within the training clock, within the wall clock
+    serial = sum(sum(p) + s for p, s in zip(hist["proc_time_s"], hist["sync_time_s"]))
+    assert res["theoretical_time_s"] < serial <= res["train_time_s"] < res["wall_time_s"]
+
+
+def test_pvd_training_time_leaves_out_accuracies_and_checkpoints(monkeypatch):
+    """Accuracies and checkpoints made 0.2 s slower each: the training clock does not move."""
+    import time
+
+    def train(slow):
+        model, data, cfg = setup(iterations=3, steps=5, target_acc=2.0)
+        pvd = PVD(model, data, cfg)
+        if slow:
+            correct = pvd.correct
+            monkeypatch.setattr(pvd, "correct", lambda x, y: (time.sleep(0.2), correct(x, y))[1])
+        hist = pvd.run(on_iteration_end=lambda k, state, final: time.sleep(0.2) if slow else None)
+        return hist.train_time_s[-1], hist.wall_time_s[-1]
+
+    train(False)  # the first run of the process imports what the optimisers import lazily
+    quick_train, quick_wall = train(False)
+    slow_train, slow_wall = train(True)
+    assert slow_wall - quick_wall > 2 * 0.6 + 0.4 - 0.2  # two accuracies an iteration, the checkpoints before the last
+    assert abs(slow_train - quick_train) < 0.3  # none of it in the training time
 
 
 @pytest.mark.parametrize("args,message", [

@@ -15,7 +15,14 @@ from synthetic import ComplexNet, PipelineConfig, SyntheticGradient, train_seria
 from synthetic.balance import Costs, _timed, balanced_bounds, choose_bounds, measure_costs
 from synthetic.distributed import stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
-from tests.helpers import assert_true_gradients_equal_backprop, refused, result_of, run_failing, run_script
+from tests.helpers import (
+    assert_true_gradients_equal_backprop,
+    refused,
+    result_of,
+    run_failing,
+    run_script,
+    slow_checkpoints_stage_worker,
+)
 
 torch.set_num_threads(1)
 
@@ -113,6 +120,26 @@ def test_a_balanced_two_process_run_reaches_090_on_digits_and_accounts_its_time(
         assert 0.9 * p["wall_s"] <= accounted <= p["wall_s"] * 1.0001  # a DIGITS epoch lasts about 50 ms
         assert p["timeline"] and {k for k, *_ in p["timeline"]} >= {"forward", "backward", "step"}
     assert out["profiles"][0]["kinds_s"]["module"] > 0 and out["profiles"][1]["kinds_s"]["wait input"] > 0
+
+
+@pytest.mark.slow
+def test_the_ranks_balance_their_cuts_and_checkpoints_are_not_training_time(tmp_path):
+    """Every rank times the pieces where it runs and the ranks agree on the cuts (saved in
+    split.json); checkpoint writes made 0.5 s slower leave the training time as it was."""
+    data = datasets.load("DIGITS")
+    data = datasets.Data(data.x_train[:512], data.y_train[:512], data.x_test, data.y_test, data.info)
+    times = {}
+    for worker in (stage_worker, slow_checkpoints_stage_worker):
+        run_dir = tmp_path / worker.__name__
+        cfg = PipelineConfig(rule="delayed", epochs=3, verbose=False, balance="cost", run_dir=str(run_dir),
+                             checkpoint_every=1)
+        out = launch(worker, 2, (digits_net(layers=8), data, cfg), threads=1)
+        split = json.loads((run_dir / "split.json").read_text())
+        assert split == out["split"] and [tuple(b) for b in split["bounds"]] == [tuple(b) for b in out["bounds"]]
+        assert sum(split["layers_per_stage"]) == 8 and len(split["stage_ms"]) == 2
+        assert max(split["stage_ms"]) <= max(split["even_stage_ms"]) + 1e-9  # never worse than the even split
+        times[worker.__name__] = out["train_time_s"]
+    assert abs(times["slow_checkpoints_stage_worker"] - times["stage_worker"]) < 0.75  # 3 x 0.5 s written
 
 
 def _brute_force(costs, parts, multiple=1):
