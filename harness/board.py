@@ -5,7 +5,9 @@ A history ({key: [one value per step]}) becomes one scalar series per key; a key
 values are lists (one per stage or per cut) becomes ``key/0``, ``key/1``, ...  Each
 event's wall time is a common origin plus the training seconds at its step, so that
 TensorBoard's "relative" axis shows training time.  An event file is written in a
-hidden directory and renamed into the run directory once whole.
+hidden directory and renamed into the run directory once whole.  A history is written
+whole at the end of a run, so a resumed run's file replaces the one its first part
+wrote: each directory keeps one file of each kind (history, summary), its whole run.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ _WARNED = []
 
 
 @contextmanager
-def _writer(path):
-    """A SummaryWriter whose event file appears in ``path`` whole: it is written in a
-    hidden directory beside it and renamed into place once closed (None, after one
-    note, if tensorboard is not installed)."""
+def _writer(path, kind):
+    """A SummaryWriter whose event file (``*.kind``) appears in ``path`` whole: it is
+    written in a hidden directory beside it and renamed into place once closed, replacing
+    the earlier file of its kind (None, after one note, if tensorboard is not installed)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:  # tensorboard is in requirements.txt; a bare install still runs
@@ -38,13 +40,16 @@ def _writer(path):
     path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tensorboard-", suffix=".tmp", dir=path))
     try:
-        writer = SummaryWriter(str(tmp))
+        writer = SummaryWriter(str(tmp), filename_suffix=f".{kind}")
         try:
             yield writer
         finally:
             writer.close()
+        earlier = list(path.glob(f"events.out.tfevents.*.{kind}"))
         for f in tmp.iterdir():
             os.replace(f, path / f.name)
+        for f in earlier:
+            f.unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -69,7 +74,7 @@ def write_history(path, history, *, step_key="epoch", seconds_key="seconds", cum
         seconds = [sum(seconds[:k + 1]) for k in range(len(seconds))]
     origin = time.time() if origin is None else origin
     integral = all(float(s).is_integer() for s in steps)
-    with _writer(path) as writer:
+    with _writer(path, "history") as writer:
         for k, step in enumerate(steps):
             if writer is None:
                 break
@@ -83,7 +88,7 @@ def write_history(path, history, *, step_key="epoch", seconds_key="seconds", cum
 
 def write_scalars(path, values, step=0):
     """Single values (a run's summary: each stage's busy fraction, ...) at one step."""
-    with _writer(path) as writer:
+    with _writer(path, "summary") as writer:
         for key, value in values.items():
             for suffix, v in _numbers(value).items():
                 if writer is not None:

@@ -1,14 +1,15 @@
-"""A script's constants: read from its UPPERCASE lines, overridden on the command line,
+"""A script's constants: read from its UPPERCASE assignments, overridden on the command line,
 and checked, each constant in one place (``CHECKS``).  A bad value raises UsageError,
 which the entry point reports on one line with exit status 2."""
 from __future__ import annotations
 
 import argparse
+import ast
+import io
 import os
-import re
+import tokenize
 from pathlib import Path
 
-_CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*#\s*(.*)$")
 TRUE, FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
 
 
@@ -62,12 +63,17 @@ def _typed(default):
 
 
 def constants_of(script_file, namespace):
-    """(name, default, comment) for each `NAME = value  # comment` line of a script."""
+    """(name, default, comment) of each constant of a script: a top-level assignment
+    ``NAME = value  # comment`` (read with ast and tokenize), in the script's order."""
+    source = Path(script_file).read_text()
+    comments = {tok.start[0]: tok.string[1:].strip() for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
     found = []
-    for line in Path(script_file).read_text().splitlines():
-        m = _CONSTANT.match(line)
-        if m and m.group(1) in namespace:
-            found.append((m.group(1), namespace[m.group(1)], m.group(3)))
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name.isupper() and name in namespace and node.end_lineno in comments:
+                found.append((name, namespace[name], comments[node.end_lineno]))
     return found
 
 

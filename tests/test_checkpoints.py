@@ -215,38 +215,66 @@ def _is_whole(path):
         assert path.name.startswith(".launch-") or path.name.startswith("."), path
 
 
+# A verletTest run whose nth atomic write of a file named TARGET pauses between its
+# temporary file and the rename, and says so: the test kills it there, in that write.
+_PAUSING_WRITES = """
+import contextlib, pathlib, runpy, sys, time
+sys.path.insert(0, {root!r})
+import datasets.files as files
+real, seen = files.atomic, []
+
+@contextlib.contextmanager
+def pausing(path):
+    with real(path) as tmp:
+        yield tmp
+        if pathlib.Path(path).name == {target!r}:
+            seen.append(path)
+            if len(seen) == {nth}:
+                print("WRITING", path, flush=True)
+                time.sleep(60)
+
+files.atomic = pausing
+sys.argv = ["verletTest.py", *sys.argv[1:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
 @pytest.mark.slow
-def test_a_run_killed_at_a_random_moment_leaves_every_file_whole(tmp_path):
-    """SIGKILL a short run (a checkpoint every epoch, metrics, weights and a figure at the
-    end) at random moments; every file it left loads, and a resume of it finishes."""
-    import random
+@pytest.mark.parametrize("target,nth", [("config.json", 1), ("checkpoint.pt", 2), ("metrics.json", 1),
+                                        ("model.pt", 1)])
+def test_a_run_killed_in_the_middle_of_a_write_leaves_every_file_whole(tmp_path, target, nth):
+    """SIGKILL a run while it writes ``target`` for the ``nth`` time (its temporary file
+    written, not yet renamed): every file it left loads, the one being written is as it
+    was before, and a resume of the run finishes."""
     import signal
 
-    rng = random.Random(os.getpid())
+    code = _PAUSING_WRITES.format(root=str(ROOT), script=str(ROOT / "scripts" / "verletTest.py"), target=target,
+                                  nth=nth)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    checked = 0
-    for attempt in range(3):
-        results = tmp_path / str(attempt)
-        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "verletTest.py"), "--dataset", "DIGITS",
-                                 "--n", "2", "--epochs", "6", "--results-dir", str(results)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
-        for line in proc.stdout:  # the run directory exists once this line is out
-            if "results in" in line:
-                break
-        time.sleep(rng.uniform(0.0, 2.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        (run_dir,) = (results / "verletTest").iterdir()
+    proc = subprocess.Popen([sys.executable, "-c", code, "--dataset", "DIGITS", "--n", "2", "--epochs", "3",
+                             "--checkpoint-every", "1", "--results-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("WRITING "):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert output and output[-1].startswith("WRITING "), "".join(output)[-2000:]
+    (run_dir,) = (tmp_path / "verletTest").iterdir()
+    assert list(run_dir.glob(f".{target}.*.tmp")), "the kill did not land in the write"
+    for path in run_dir.iterdir():
+        if not path.name.endswith(".tmp"):  # an unfinished temporary: never read, removed on resume
+            _is_whole(path)
+    if target == "checkpoint.pt":  # the write being replaced fell back on the previous checkpoint
+        state, path = checkpoint.load(run_dir)
+        assert state["epoch"] == nth - 1
+    if target != "config.json":
+        result_of(run_script("verletTest", "--resume", run_dir))
+        assert not list(run_dir.glob(".*.tmp"))
         for path in run_dir.iterdir():
-            if not path.name.endswith(".tmp"):  # an unfinished temporary: never read, removed on resume
-                _is_whole(path)
-                checked += 1
-        if (run_dir / "checkpoint.pt").exists():
-            result_of(run_script("verletTest", "--resume", run_dir))
-            assert not list(run_dir.glob(".*.tmp"))
-            for path in run_dir.iterdir():
-                _is_whole(path)
-    assert checked >= 3
+            _is_whole(path)
 
 
 def test_pvd_stopping_early_at_its_target_checkpoints_that_iteration(tmp_path):

@@ -210,3 +210,18 @@ def test_costs_measured_on_several_devices_count_each_piece_at_its_slowest():
     assert slowest.cuts == {1: 0.2, 2: 0.1, 3: 0.3}
     assert balanced_bounds(a, 2) == [(0, 2), (2, 4)]  # what the first device alone would choose
     assert balanced_bounds(slowest, 2) == [(0, 3), (3, 4)]  # the second's slow last layer moves the cut
+
+
+def test_the_stage_profile_books_a_known_wait_as_idle_time():
+    import time
+
+    prof = StageProfile(torch.device("cpu"))
+    prof.start()
+    with prof("wait gradient"):
+        time.sleep(0.05)
+    with prof("forward"):
+        time.sleep(0.02)
+    prof.stop()
+    summary = prof.summary()
+    assert 0.05 <= summary["idle_s"] < 0.06 and 0.02 <= summary["busy_s"] < 0.03
+    assert summary["idle_s"] + summary["busy_s"] <= summary["wall_s"] < summary["idle_s"] + summary["busy_s"] + 0.01

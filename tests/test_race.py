@@ -127,6 +127,11 @@ def test_a_script_s_tensorboard_file_holds_what_it_printed(tmp_path):
     assert [f"{v:.4f}" for v in scalars["train_acc"]] == [p[6] for p in printed]
     assert [f"{v:.4f}" for v in scalars["test_acc"]] == [p[9] for p in printed]
     assert len(scalars["seconds"]) == 2
+    with redirect_stdout(io.StringIO()):  # resumed for a third epoch: the same TensorBoard run, one file
+        verletTest.main(["--resume", str(run_dir), "--epochs", "3"])
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1
+    resumed = _tensorboard(run_dir)
+    assert len(resumed["loss"]) == 3 and resumed["loss"][:2] == scalars["loss"]
 
 
 @pytest.mark.parametrize("args,message", [
