@@ -79,7 +79,7 @@ def load(name, *, data_root="data", seed=0, download=True, log=print, ellipse_po
 
     ELLIPSE and SWISS are generated (``seed``; ELLIPSE with ``ellipse_points`` training
     and ``ellipse_validation`` validation points per class, SWISS with ``swiss_points``
-    points per class, every other one for validation; the defaults are the original's),
+    points per class, every other one for validation; the defaults: 500, 100 and 500),
     DIGITS comes with scikit-learn, the image sets are read through
     torchvision into an HDF5 cache under ``data_root``.
     Raises ValueError for an unknown name and DatasetNotFound for missing files.

@@ -1,4 +1,4 @@
-"""The generated two-class toy problems of the original scripts."""
+"""The generated two-class toy problems: ellipses and the swiss roll."""
 from __future__ import annotations
 
 import math

@@ -164,7 +164,8 @@ def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
 
 
 def standard(script, cfg):
-    """Serial synthetic-gradient training with the original's theoretical parallel time."""
+    """The pipeline's stages taking turns in this process, with the theoretical parallel time
+    (the busiest stage's compute)."""
     o = _open(script, cfg)
     cfg, run = o.cfg, o.run
     cnet = complex_net(cfg, o.meta, o.arch, cfg.M, cfg.N, cfg.STEP).to(o.device)

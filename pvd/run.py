@@ -27,7 +27,7 @@ def _latest(saver):
 
 
 def run_serial(model, data, cfg, log=None, saver=None):
-    """All P processors one after another in this process (the original's mode).
+    """All P processors one after another in this process (the serial mode).
     ``saver(k, state)`` (a harness.resume.Checkpointer) saves the run after iteration k;
     the run continues from its latest checkpoint when there is one."""
     pvd = PVD(model, data, cfg)

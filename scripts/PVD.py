@@ -4,7 +4,8 @@ Each processor owns a block of consecutive layers; per iteration every one train
 block while the others move along the shared gradient direction (forget-me-not
 scalars), then the candidates are synchronised.  PARALLEL=1 runs P real processes
 (torch.distributed, gloo on CPU / NCCL on GPUs, or under torchrun); PARALLEL=0 runs
-the same algorithm in one process and reports the original's theoretical parallel time.
+the same algorithm in one process and reports its theoretical parallel time (per iteration
+the slowest processor plus the synchronisation).
 """
 import pathlib
 import sys
@@ -37,7 +38,7 @@ ITERATIONS = 30  # maximum number of PVD iterations
 EPOCHS = 1  # epochs of each processor's parallel phase per iteration
 STEPS = 0  # if > 0, at most this many optimiser steps per parallel phase
 TARGET_ACC = 0.99  # stop once the validation (test) accuracy reaches it
-SYNC = "best"  # synchronisation: best (the original) or affine (Ferris-Mangasarian)
+SYNC = "best"  # synchronisation: best (the best block's candidate) or affine (Ferris-Mangasarian)
 DIRECTION_BATCHES = 0  # batches for the direction d = -grad (0: the whole training set)
 SYNC_BATCHES = 0  # batches that score the candidates (0: the whole training set)
 TRAIN_CLASSIFIER = True  # every processor trains the classifier (0: it moves along d)

@@ -19,9 +19,9 @@ STEP = 0.5  # step size h
 GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)
 WIDTH = 8  # dense state width, at least the input's features: smaller inputs are zero-padded to it
-ELLIPSE_POINTS = 8000  # ELLIPSE: training points per class (the original: 500; docs/RESULTS.md says why)
-ELLIPSE_VALIDATION = 1000  # ELLIPSE: validation points per class (the original: 100)
-SWISS_POINTS = 2000  # SWISS: points per class, every other one for validation (the original: 500)
+ELLIPSE_POINTS = 8000  # ELLIPSE: training points per class (enough to pin the boundary a = 1 down)
+ELLIPSE_VALIDATION = 1000  # ELLIPSE: validation points per class
+SWISS_POINTS = 2000  # SWISS: points per class, every other one for validation
 LEARN_RATE = 0.01  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
 LR_STEP = 25  # halve the learning rate every LR_STEP epochs (0: constant)

@@ -191,7 +191,7 @@ def _cut_work(rule, net, state, y, sg_kind):
 
 def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="linear", threads=1, multiple=1,
                   repeats=5):
-    """The stages' layer ranges: ``even`` (N / parts layers each, the original's split) or
+    """The stages' layer ranges: ``even`` (N / parts layers each) or
     ``cost`` (balanced on the pieces' times under ``rule``, measured on one batch (x, y)
     with ``threads`` intra-op threads, as each stage process will run).  Returns (bounds,
     Costs or None)."""

@@ -2,13 +2,18 @@
 import copy
 import itertools
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import datasets
-from harness.launch import launch
+from harness.launch import free_port, launch
 from models import build_model
 from models.training import evaluate, fit
 from synthetic import ComplexNet, PipelineConfig, SyntheticGradient, train_serial
@@ -16,6 +21,7 @@ from synthetic.balance import Costs, _timed, balanced_bounds, choose_bounds, mea
 from synthetic.distributed import stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
 from tests.helpers import (
+    ROOT,
     assert_true_gradients_equal_backprop,
     refused,
     result_of,
@@ -290,3 +296,24 @@ def test_the_torch_peers_train_the_same_network_as_backprop(engine):
     for (name, a), b in zip(trained.named_parameters(), whole.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     assert not torch.equal(trained.K[0], net.K[0])
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_train_the_pipeline_as_two_machines_would(tmp_path):
+    """Two torchrun agents (--nnodes 2, one process each) meet by c10d rendezvous on
+    127.0.0.1, as two machines would on a network, and train distSg."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "two-agents",
+               str(ROOT / "scripts" / "distSg.py"), "--epochs", 3, "--results-dir", tmp_path]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=env, cwd=ROOT) for _ in range(2)]
+    outputs = [a.communicate(timeout=240)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    results = [line for o in outputs for line in o.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == 1  # rank 0's agent reports
+    res = json.loads(results[0][len("RESULT "):])
+    assert res["test_acc"] > 0.8 and len(res["busy_fraction"]) == 2
+    config = json.loads((Path(res["run_dir"]) / "config.json").read_text())
+    assert config["placement"] == {"backend": "gloo", "rank_devices": ["cpu", "cpu"]}
