@@ -124,10 +124,9 @@ def steady_allocator():
     By default glibc maps every block over 128 KiB (a batch of 128 Fashion-MNIST images
     is 400 KB; a conv activation several MB) afresh and returns it when freed, raising
     that threshold only as it sees such blocks freed.  Each batch then faults in and
-    zeroes its pages again: about two million page faults in two epochs of the race's conv
-    network, 25 % of its time, and fewer in later runs of the same process, so that a
-    trainer ran slower as the race's first.  Fixed thresholds make every trainer start
-    from the same state."""
+    zeroes its pages again: 6.6-8.6 million page faults in two epochs of the race's conv
+    network, 11-25 % of its time, and more in a process's first run than in its later
+    ones.  Fixed thresholds make every trainer start from the same state."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)

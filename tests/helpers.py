@@ -67,6 +67,25 @@ def refused(name, *args):
     return 0, err.getvalue()
 
 
+def run_main(name, *args):
+    """Run scripts/<name>.py's main in this process (a one-process script: no interpreter
+    start-up); returns (its RESULT as a dict, what it printed)."""
+    import contextlib
+    import importlib
+    import io
+
+    from harness.entry import run
+
+    module = importlib.import_module(f"scripts.{name}")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        run(module.main, [str(a) for a in args])
+    text = out.getvalue()
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), text[-2000:]
+    return json.loads(last[len("RESULT "):]), text
+
+
 def result_of(proc):
     """The JSON object of a script's RESULT line (its last line)."""
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]

@@ -228,7 +228,7 @@ def test_one_module_pass_serves_the_synthetic_gradient_and_the_regression(kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["distSg", "distMulti"])
+@pytest.mark.parametrize("script", ["distSg"])  # distMulti's fine phase runs the same launch and stage worker
 def test_a_failing_stage_ends_the_run_without_leftovers(tmp_path, script):
     proc, seconds, leftovers = run_failing(script, "--fail-stage", 1, "--results-dir", tmp_path)
     assert proc.returncode != 0
