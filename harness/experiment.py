@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .cli import Config, UsageError, augmenting, unit_channels, validate
+from .launch import world_size_for
 from .resume import load_checkpoint, resume_constants
 from .rundir import RunDir, is_main_process
 
@@ -23,15 +24,15 @@ class Opened:
     state: dict | None  # the latest checkpoint of a resumed run
 
 
-def open_run(script_file, cfg, *, adjust=None, check=None, device_data=True, extra=None, announce=True):
-    """Resume constants (``adjust(cfg)`` may then fix some, such as the process count
-    under torchrun) -> validate (``check(cfg, meta)`` adds a script's own rule) ->
+def open_run(script_file, cfg, *, world_size_of=None, check=None, device_data=True, extra=None, announce=True):
+    """Resume constants (under torchrun the constant named ``world_size_of``, such as M,
+    becomes the world size) -> validate (``check(cfg, meta)``: a script's own rule) ->
     load the data (onto the run's device with ``device_data``) -> open the run directory
     (on the main process only) -> read its latest checkpoint (a resumed run; a damaged or
     unsafe one stops the run here with one line; ``announce``: say which one)."""
     cfg, resume_path = resume_constants(script_file, cfg)
-    if adjust is not None:
-        cfg = adjust(cfg)
+    if world_size_of is not None:
+        cfg = cfg.replace(**{world_size_of: world_size_for(getattr(cfg, world_size_of))})
     meta, arch, device = validate(cfg)
     if check is not None:
         check(cfg, meta)

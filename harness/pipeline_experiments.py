@@ -7,7 +7,7 @@ import torch
 
 from harness import board, figures
 from harness.experiment import augmenting, describe, model_kwargs, open_run
-from harness.launch import default_threads, launch, this_rank_device, world_size_for
+from harness.launch import default_threads, launch, this_rank_device
 from harness.resume import Checkpointer, PhaseStates, load_checkpoint
 from harness.rundir import emit_result
 from models import build_model
@@ -138,15 +138,10 @@ def _finish(run, name, series, result):
     emit_result({**result, "run_dir": str(run.path)})
 
 
-def _stages(cfg):
-    """Under torchrun the world size is the number of sub-networks."""
-    return cfg.replace(M=world_size_for(cfg.M))
-
-
 def _open(script, cfg, serial=True):
     """``open_run`` for the four scripts; the distributed ones check every stage's
     checkpoint of a resumed run before launching (one line for a damaged one)."""
-    o = open_run(script, cfg, adjust=None if serial else _stages, device_data=serial)
+    o = open_run(script, cfg, world_size_of=None if serial else "M", device_data=serial)  # one rank a sub-network
     for stage in range(o.cfg.M if o.run is not None and o.cfg.RESUME and not serial else 0):
         load_checkpoint(o.run.path, f"stage{stage}", quiet=True)
     return o

@@ -18,7 +18,7 @@ from harness import board, figures  # noqa: E402
 from harness.cli import configure  # noqa: E402
 from harness.entry import run  # noqa: E402
 from harness.experiment import augmenting, build, describe, open_run  # noqa: E402
-from harness.launch import launch, world_size_for  # noqa: E402
+from harness.launch import launch  # noqa: E402
 from harness.resume import Checkpointer  # noqa: E402
 from harness.rundir import emit_result  # noqa: E402
 from pvd import PVDConfig, parallel_worker, run_serial  # noqa: E402
@@ -68,14 +68,10 @@ def pvd_config(cfg, meta):
                      augment=augmenting(cfg, meta))
 
 
-def _processes(cfg):
-    """Under torchrun the world size is the processor count."""
-    return cfg.replace(NUM_PROC=world_size_for(cfg.NUM_PROC)) if cfg.PARALLEL else cfg
-
-
 def main(argv=None):
-    o = open_run(__file__, configure(__file__, globals(), argv, __doc__), adjust=_processes, device_data=False,
-                 announce=False)  # pvd.run says where it resumes
+    cfg = configure(__file__, globals(), argv, __doc__)
+    o = open_run(__file__, cfg, world_size_of="NUM_PROC" if cfg.PARALLEL else None,  # one rank a block
+                 device_data=False, announce=False)  # pvd.run says where it resumes
     cfg, run_dir, data = o.cfg, o.run, o.data
     model = build(cfg, o.arch, o.meta)
     pcfg = pvd_config(cfg, o.meta)

@@ -223,5 +223,5 @@ def test_the_stage_profile_books_a_known_wait_as_idle_time():
         time.sleep(0.02)
     prof.stop()
     summary = prof.summary()
-    assert 0.05 <= summary["idle_s"] < 0.06 and 0.02 <= summary["busy_s"] < 0.03
-    assert summary["idle_s"] + summary["busy_s"] <= summary["wall_s"] < summary["idle_s"] + summary["busy_s"] + 0.01
+    assert 0.05 <= summary["idle_s"] < 0.07 and 0.02 <= summary["busy_s"] < 0.04
+    assert summary["idle_s"] + summary["busy_s"] <= summary["wall_s"] < summary["idle_s"] + summary["busy_s"] + 0.02

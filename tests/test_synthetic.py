@@ -186,12 +186,12 @@ def test_the_module_on_stage_0_moves_the_cut_towards_it():
 def test_the_pieces_are_timed_in_turns_so_a_drift_falls_on_all_alike():
     import time
 
-    calls, waits = [], [0.01, 0.03, 0.02]
+    calls, waits = [], [0.01, 0.05, 0.03]
     pieces = [lambda k=k: (calls.append(k), time.sleep(waits[k])) for k in range(3)]
     medians = _timed(pieces, 4, torch.device("cpu"))
     assert calls == [0, 1, 2] * 6  # two unmeasured rounds, then four measured ones, each piece once per round
     for m, wait in zip(medians, waits):  # each piece's own known wait, not its neighbours'
-        assert wait <= m < wait + 0.008
+        assert wait <= m < wait + 0.015
 
 
 def test_a_cost_balanced_complex_network_with_true_gradients_equals_backprop():
