@@ -5,9 +5,8 @@ rank, world size, device and backend (``rank_device``: gloo on the CPU; NCCL whe
 process has a GPU of its own; gloo when the ranks share a GPU).  Started by the script
 itself: torch.distributed.elastic's agent (what torchrun runs) spawns the workers on a
 free loopback port, restarts the group up to ``max_restarts`` times, and hands rank 0's
-return value back.  Under torchrun
-(RANK/WORLD_SIZE set) the current process is one of the workers and every rank gets
-its own return value.
+return value back.  Under torchrun (RANK/WORLD_SIZE set) the current process is one of
+the workers and every rank gets its own return value.
 
 A worker that raises or dies takes the whole run down: the others are terminated, and
 ``WorkerFailed`` carries the failing worker's traceback.  Ctrl-C stops every process.

@@ -24,6 +24,7 @@ from models.recording import evaluate_points, recorder
 from models.training import evaluate, fit
 from synthetic import ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import choose_bounds
+from synthetic.complex import layers_per_stage
 from synthetic.distributed import stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
 from synthetic.rules import RULES
@@ -101,7 +102,7 @@ def _launch(race, worker, *args):
 
 def _about(out):
     """What a pipeline run tells of itself: its cuts and each stage's busy fraction."""
-    return {"layers_per_stage": [b - a for a, b in out["bounds"]],
+    return {"layers_per_stage": layers_per_stage(out["bounds"]),
             "busy_fraction": [p["busy_fraction"] for p in out["profiles"]]}
 
 

@@ -25,6 +25,7 @@ from models.base import split_layers
 from models.devices import sync
 from models.training import make_optimizer
 
+from .complex import layers_per_stage
 from .modules import SyntheticGradient
 from .rules import LocalHead
 
@@ -208,22 +209,10 @@ def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="l
     return balanced_bounds(costs, parts, multiple), costs
 
 
-@dataclass(frozen=True)
-class BalanceSpec:
-    """How a pipeline's ranks choose their cuts where they run (``synthetic.distributed``):
-    the arguments of ``choose_bounds`` but the network and the batch."""
-    mode: str = "cost"
-    rule: str = "synthetic"
-    sg_kind: str = "linear"
-    threads: int = 1
-    multiple: int = 1
-    batch_size: int = 64
-
-
 def describe_split(mode, bounds, costs=None, n_layers=None):
     """What split.json and the log say of a split: its mode, cuts, layers per stage and,
     for cost balancing, the measured milliseconds of each stage against the even split's."""
-    split = {"balance": mode, "bounds": [list(b) for b in bounds], "layers_per_stage": [b - a for a, b in bounds]}
+    split = {"balance": mode, "bounds": [list(b) for b in bounds], "layers_per_stage": layers_per_stage(bounds)}
     if costs is not None:
         split["stage_ms"] = [1e3 * c for c in costs.stages(bounds)]
         split["even_stage_ms"] = [1e3 * c for c in costs.stages(split_layers(n_layers, len(bounds)))]
