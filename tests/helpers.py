@@ -152,12 +152,12 @@ def interrupt_after(script, *args, wait_for="", timeout=60):
 
 
 def slow_checkpoints_stage_worker(ctx, *args):
-    """synthetic.distributed.stage_worker with every checkpoint write made 0.5 s slower
+    """synthetic.distributed.stage_worker with every checkpoint write made 1 s slower
     (module level: spawned workers import it)."""
     import time
 
     import synthetic.distributed as distributed
 
     save = distributed._save
-    distributed._save = lambda *a: (time.sleep(0.5), save(*a))[1]
+    distributed._save = lambda *a: (time.sleep(1.0), save(*a))[1]
     return distributed.stage_worker(ctx, *args)

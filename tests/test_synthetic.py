@@ -133,7 +133,7 @@ def test_a_balanced_two_process_run_reaches_090_on_digits_and_accounts_its_time(
 @pytest.mark.slow
 def test_the_ranks_balance_their_cuts_and_checkpoints_are_not_training_time(tmp_path):
     """Every rank times the pieces where it runs and the ranks agree on the cuts (saved in
-    split.json); checkpoint writes made 0.5 s slower leave the training time as it was."""
+    split.json); checkpoint writes made 1 s slower leave the training time as it was."""
     data = datasets.load("DIGITS")
     data = datasets.Data(data.x_train[:512], data.y_train[:512], data.x_test, data.y_test, data.info)
     times = {}
@@ -147,7 +147,7 @@ def test_the_ranks_balance_their_cuts_and_checkpoints_are_not_training_time(tmp_
         assert sum(split["layers_per_stage"]) == 8 and len(split["stage_ms"]) == 2
         assert max(split["stage_ms"]) <= max(split["even_stage_ms"]) + 1e-9  # never worse than the even split
         times[worker.__name__] = out["train_time_s"]
-    assert abs(times["slow_checkpoints_stage_worker"] - times["stage_worker"]) < 0.75  # 3 x 0.5 s written
+    assert abs(times["slow_checkpoints_stage_worker"] - times["stage_worker"]) < 1.5  # 3 x 1 s written
 
 
 def _brute_force(costs, parts, multiple=1):
