@@ -27,13 +27,21 @@ class ProcessStarted(AssertionError):
 _PYTHON = os.path.realpath(sys.executable)
 
 
+def _split(text):
+    """The words of a shell command line (at blanks when its quotes do not pair up)."""
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
+
+
 def _starts_python(command):
     """Whether a command line (a list, or a string for a shell) starts a Python
     interpreter or torchrun, directly or through a wrapper (``sh -c``, ``env``, ...):
     any word of it naming one."""
-    words = shlex.split(command) if isinstance(command, (str, bytes)) else [os.fsdecode(w) for w in command]
+    words = _split(os.fsdecode(command)) if isinstance(command, (str, bytes)) else [os.fsdecode(w) for w in command]
     for word in words:
-        for part in shlex.split(word) if " " in word else [word]:  # sh -c "python ..."
+        for part in _split(word) if " " in word else [word]:  # sh -c "python ..."
             name = os.path.basename(part)
             found = shutil.which(part) if os.sep not in part else part
             if name.startswith("python") or name == "torchrun" or \

@@ -46,6 +46,7 @@ def test_a_link_to_the_interpreter_under_another_name_is_refused(tmp_path):
 def test_other_programs_may_run():
     assert subprocess.run(["git", "--version"], capture_output=True).returncode == 0
     assert os.system("true") == 0
+    assert subprocess.run(["echo", "a word with an unpaired quote: don't"], capture_output=True).returncode == 0
 
 
 @pytest.mark.slow
