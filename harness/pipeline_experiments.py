@@ -14,7 +14,7 @@ from models import build_model
 from models.recording import evaluate_points
 from models.training import evaluate
 from synthetic import ComplexNet, PipelineConfig, train_serial
-from synthetic.balance import choose_bounds, describe_split, save_split, saved_split, split_line
+from synthetic.balance import costs_with_threads, new_split, save_split, saved_split, split_line
 from synthetic.distributed import stage_worker
 from synthetic.profile import profile_table
 
@@ -25,23 +25,28 @@ def complex_net(cfg, meta, arch, stages, layers, h):
     return ComplexNet(net, stages, sg_kind=cfg.SG_MODULE)
 
 
+def rank_costs(net, data, batch_size, processes, *, device, threads, rule, sg_kind="linear"):
+    """The Costs of ``net``'s pieces measured as a rank of ``processes`` started from here
+    would measure them: on its device (``this_rank_device`` of DEVICE), with its threads,
+    on the first batch (not training time)."""
+    where = this_rank_device(device, processes)
+    xb, yb = data.x_train[:batch_size].to(where), data.y_train[:batch_size].to(where)
+    return costs_with_threads(net, xb, yb, threads, rule=rule, sg_kind=sg_kind)
+
+
 def fine_split(cfg, cnet, data, stages, run):
     """The cuts of distMulti's fine network, chosen before its coarse phase (which trains
     in this process, on the modules at these cuts): the run's split.json when it has one,
     else as BALANCE says: ``even``, or ``cost``: the cuts that equalise the prolonged
-    network's stages (twice the layers; cuts between coarse layers), timed on the device
-    and with the threads of a rank (``this_rank_device``).  ``cnet``, the coarse network,
-    is cut at their halves.  Returns (cnet, the split's description)."""
+    network's stages (twice the layers; cuts between coarse layers), timed as a rank
+    would (``rank_costs``).  ``cnet``, the coarse network, is cut at their halves.
+    Returns (cnet, the split's description)."""
     split = saved_split(run.path) if run is not None else None
     if split is None:
         probe = cnet.net.prolong()
-        bounds, costs = [(2 * a, 2 * b) for a, b in cnet.bounds], None
-        if cfg.BALANCE == "cost":
-            device = this_rank_device(cfg.DEVICE, stages)
-            xb, yb = data.x_train[:cfg.BATCH_SIZE].to(device), data.y_train[:cfg.BATCH_SIZE].to(device)
-            bounds, costs = choose_bounds(probe, xb, yb, stages, rule=cfg.RULE, sg_kind=cfg.SG_MODULE,
-                                          threads=cfg.THREADS or default_threads(stages), multiple=2)
-        split = describe_split(cfg.BALANCE, bounds, costs, probe.n_layers)
+        split = new_split(cfg.BALANCE, probe.n_layers, stages, lambda: rank_costs(
+            probe, data, cfg.BATCH_SIZE, stages, device=cfg.DEVICE, threads=cfg.THREADS or default_threads(stages),
+            rule=cfg.RULE, sg_kind=cfg.SG_MODULE), multiple=2)
         if run is not None:
             save_split(run.path, split)
     if run is not None:

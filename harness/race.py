@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.cli import UsageError, check
-from harness.launch import default_threads, launch, rank_device, this_rank_device
+from harness.launch import default_threads, launch, rank_device
+from harness.pipeline_experiments import rank_costs
 from models.recording import evaluate_points, recorder
 from models.training import evaluate, fit
 from synthetic import ComplexNet, PipelineConfig, train_serial
-from synthetic.balance import choose_bounds
+from synthetic.balance import balanced_bounds
 from synthetic.complex import layers_per_stage
 from synthetic.distributed import stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
@@ -116,12 +117,10 @@ def _peer(race, schedule):
 
 
 def _cuts(race, net, rule, multiple=1):
-    """Cuts balanced on the rule's costs, measured on a rank's device with a rank's threads
-    (not training time)."""
-    device = this_rank_device(str(race.device), race.processes)
-    xb, yb = race.data.x_train[:race.batch_size].to(device), race.data.y_train[:race.batch_size].to(device)
-    bounds, _ = choose_bounds(net, xb, yb, race.processes, rule=rule, threads=race.rank_threads(), multiple=multiple)
-    return bounds
+    """Cuts balanced on the rule's costs, measured as a rank would (``rank_costs``)."""
+    costs = rank_costs(net, race.data, race.batch_size, race.processes, device=str(race.device),
+                       threads=race.rank_threads(), rule=rule)
+    return balanced_bounds(costs, race.processes, multiple)
 
 
 def _pipeline_config(race, rule, epochs, **kw):

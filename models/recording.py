@@ -104,8 +104,6 @@ class Recorder(Hooks):
             sync(self.device)
 
 
-
-
 def recorder(held, n_samples, batch_size, points_per_epoch, device=None, epoch=0):
     """A Recorder of ``points_per_epoch`` points an epoch, or OFF when that is 0."""
     if points_per_epoch <= 0:

@@ -200,13 +200,28 @@ def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="l
         raise ValueError(f"unknown BALANCE {mode!r}; valid: {', '.join(BALANCE_MODES)}")
     if mode == "even":
         return split_layers(net.n_layers, parts), None
+    costs = costs_with_threads(net, x, y, threads, rule=rule, sg_kind=sg_kind, repeats=repeats)
+    return balanced_bounds(costs, parts, multiple), costs
+
+
+def costs_with_threads(net, x, y, threads, **kw):
+    """``measure_costs`` with ``threads`` intra-op threads (as a stage process will run),
+    this process's own restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        costs = measure_costs(net, x, y, rule=rule, sg_kind=sg_kind, repeats=repeats)
+        return measure_costs(net, x, y, **kw)
     finally:
         torch.set_num_threads(before)
-    return balanced_bounds(costs, parts, multiple), costs
+
+
+def new_split(mode, n_layers, parts, measure=None, multiple=1):
+    """A fresh run's split, as ``describe_split`` tells it: ``even``, or ``cost``: balanced
+    on ``measure()``, the Costs of the network's pieces measured where the ranks run
+    (every cut a multiple of ``multiple``)."""
+    costs = measure() if mode == "cost" else None
+    bounds = balanced_bounds(costs, parts, multiple) if costs is not None else split_layers(n_layers, parts)
+    return describe_split(mode, bounds, costs, n_layers)
 
 
 def describe_split(mode, bounds, costs=None, n_layers=None):

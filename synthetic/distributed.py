@@ -17,12 +17,11 @@ import torch
 import torch.distributed as dist
 
 from models import checkpoint
-from models.base import split_layers
 from models.checkpoint import fail_once
 from models.recording import recorder
 from models.training import check_finite
 
-from .balance import Costs, balanced_bounds, describe_split, measure_costs, save_split, saved_split, split_line
+from .balance import Costs, measure_costs, new_split, save_split, saved_split, split_line
 from .pipeline import PipelineConfig, epoch_record, make_stage, set_rule
 from .profile import StageProfile
 from .stage import run_alone
@@ -71,20 +70,17 @@ def _chosen_cuts(ctx, cnet, data, cfg, run_dir):
     Without it the cuts are ``cnet``'s (rank 0's)."""
     if cfg.balance is None:
         return _agreed_cuts(ctx, cnet), None
+    def measure():  # every rank on its device, each piece at its slowest
+        xb, yb = data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size]
+        everyone = [None] * ctx.world_size
+        dist.all_gather_object(everyone, measure_costs(cnet.net, xb, yb, rule=cfg.rule, sg_kind=cnet.sg_kind))
+        return Costs.slowest(everyone)
+
     holder = [saved_split(run_dir) if ctx.is_main else None]
     dist.broadcast_object_list(holder, src=0)
     split = holder[0]
     if split is None:
-        costs = None
-        if cfg.balance == "cost":
-            xb, yb = data.x_train[:cfg.batch_size], data.y_train[:cfg.batch_size]
-            everyone = [None] * ctx.world_size
-            dist.all_gather_object(everyone, measure_costs(cnet.net, xb, yb, rule=cfg.rule, sg_kind=cnet.sg_kind))
-            costs = Costs.slowest(everyone)
-            bounds = balanced_bounds(costs, ctx.world_size)
-        else:
-            bounds = split_layers(cnet.net.n_layers, ctx.world_size)
-        split = describe_split(cfg.balance, bounds, costs, cnet.net.n_layers)
+        split = new_split(cfg.balance, cnet.net.n_layers, ctx.world_size, measure)
         if ctx.is_main and run_dir is not None:
             save_split(run_dir, split)
     if ctx.is_main and cfg.verbose:

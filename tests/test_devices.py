@@ -3,6 +3,7 @@ choice that a CPU machine can decide, with ``torch.cuda`` replaced by a fake GPU
 import pytest
 import torch
 
+from harness import pipeline_experiments
 from harness import race as racing
 from harness.launch import DistContext, rank_device
 from models import checkpoint
@@ -189,12 +190,12 @@ def test_the_race_times_its_cuts_on_the_ranks_device(monkeypatch):
         asked.append((request, nprocs))
         return torch.device("meta")  # stands for the ranks' GPU: the batch must be moved there
 
-    def choose(net, x, y, parts, **kw):
+    def measure(net, x, y, threads, **kw):
         timed_on.append((x.device.type, y.device.type))
-        return [(0, 2), (2, 4)], None
+        return Costs([1.0] * 4)  # equal layers: the even cuts
 
-    monkeypatch.setattr(racing, "this_rank_device", rank_device_of)
-    monkeypatch.setattr(racing, "choose_bounds", choose)
+    monkeypatch.setattr(pipeline_experiments, "this_rank_device", rank_device_of)
+    monkeypatch.setattr(pipeline_experiments, "costs_with_threads", measure)
     data = datasets.load("DIGITS")
     race = racing.Race(build=lambda n, h: build_model("resnet", (1, 8, 8), 10, n, h), n_layers=4, h=0.5, data=data,
                        epochs=1, batch_size=32, lr=1e-3, device=torch.device("cuda", 0))
