@@ -31,7 +31,9 @@ def pick_device(name="auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -39,8 +41,6 @@ def pick_device(name="auto"):
         if device.index is not None and device.index >= count:
             raise ValueError(f"device {name!r} asked for, but this machine has {count} GPU(s): "
                              + ", ".join(f"cuda:{k}" for k in range(count)))
-    elif device.type != "cpu":
-        raise ValueError(f"device {name!r}: use auto, cpu, cuda or cuda:K")
     return device
 
 
