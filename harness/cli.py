@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import io
 import os
 import tokenize
+import typing
 from pathlib import Path
 
 TRUE, FALSE = frozenset({"1", "true", "yes", "on"}), frozenset({"0", "false", "no", "off"})
@@ -22,25 +24,6 @@ def check(condition, message):
         raise UsageError(message)
 
 
-class Config:
-    """The constants of one run, readable as attributes (cfg.EPOCHS); ``given`` names those
-    set on the command line."""
-
-    def __init__(self, values, given=()):
-        self.__dict__.update(values)
-        self._given = frozenset(given)
-
-    @property
-    def given(self):
-        return self._given
-
-    def as_dict(self):
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
-    def replace(self, **changes):
-        return Config({**self.as_dict(), **changes}, self._given)
-
-
 # ---- the command line ------------------------------------------------------------------
 
 def _parse_bool(text):
@@ -52,14 +35,7 @@ def _parse_bool(text):
     raise argparse.ArgumentTypeError(f"expected 0/1/true/false, got {text!r}")
 
 
-def _typed(default):
-    if isinstance(default, bool):
-        return _parse_bool
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    return str
+_PARSERS = {bool: _parse_bool, int: int, float: float, str: str}
 
 
 def constants_of(script_file, namespace):
@@ -82,19 +58,41 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def configure(script_file, namespace, argv=None, doc=None):
-    """The script's UPPERCASE constants, each overridable as --lower-name value."""
+def _field_types(family):
+    return {f.name: hints for f in dataclasses.fields(family) if f.name.isupper()
+            for hints in [typing.get_type_hints(family)[f.name]]}
+
+
+def _constant(family, name, value, types):
+    """A script constant as its field's type (an int where a float is declared is one)."""
+    if name not in types:
+        raise TypeError(f"constant {name} is not a field of {family.__name__} (harness/configs.py)")
+    kind = types[name]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"constant {name} = {value!r} is not a {kind.__name__} ({family.__name__})")
+    return value
+
+
+def configure(family, script_file, namespace, argv=None, doc=None):
+    """The run's configuration: ``family`` (harness.configs) with the script's UPPERCASE
+    constants as its fields, each overridable as --lower-name value."""
+    types = _field_types(family)
     parser = _Parser(
         prog=Path(script_file).name, description=(doc or "").strip().split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     given = _Parser(prog=Path(script_file).name, argument_default=argparse.SUPPRESS, add_help=False)
+    values = {}
     for name, default, comment in constants_of(script_file, namespace):
+        values[name] = _constant(family, name, default, types)
         flag = "--" + name.lower().replace("_", "-")
-        parser.add_argument(flag, dest=name, type=_typed(default), default=default,
-                            metavar=type(default).__name__.upper(), help=comment.replace("%", "%%"))
-        given.add_argument(flag, dest=name, type=_typed(default))
-    values = vars(parser.parse_args(argv))
-    return Config(values, given=vars(given.parse_known_args(argv)[0]))
+        parse = _PARSERS[types[name]]
+        parser.add_argument(flag, dest=name, type=parse, default=values[name],
+                            metavar=types[name].__name__.upper(), help=comment.replace("%", "%%"))
+        given.add_argument(flag, dest=name, type=parse)
+    values.update(vars(parser.parse_args(argv)))
+    return family(**values, script=str(script_file), given=frozenset(vars(given.parse_known_args(argv)[0])))
 
 
 # ---- values with a meaning beyond their type -------------------------------------------
@@ -112,13 +110,13 @@ def int_list(text, name, what="positive integers"):
 
 def unit_channels(cfg):
     """UNITS as a tuple of channel counts."""
-    return int_list(getattr(cfg, "UNITS", "8"), "UNITS", "channel counts")
+    return int_list(cfg.UNITS, "UNITS", "channel counts")
 
 
 def augmenting(cfg, meta):
     """Whether AUGMENT asks for random crops and flips: auto means on CIFAR-10 only (the
     papers' practice), off for the digit and clothing sets."""
-    value = str(getattr(cfg, "AUGMENT", "0")).strip().lower()
+    value = str(getattr(cfg, "AUGMENT", "0")).strip().lower()  # the race has none: no augmentation
     return meta.name == "CIFAR10" if value == "auto" else value in TRUE
 
 
@@ -148,6 +146,15 @@ def _layers(cfg):
     return cfg.N * getattr(cfg, "M", 1)
 
 
+def _schedule(name, value, cfg, meta):
+    from models.training import schedule_factor
+
+    try:
+        schedule_factor(value, 1, 1)
+    except ValueError as exc:
+        raise UsageError(f"LR_SCHEDULE: {exc}") from None
+
+
 def _conv(name, value, cfg, meta):
     import datasets
 
@@ -157,7 +164,7 @@ def _conv(name, value, cfg, meta):
 
 
 def _units(name, value, cfg, meta):
-    if not getattr(cfg, "CONV", False):
+    if not cfg.CONV:
         return
     units = unit_channels(cfg)
     check(_layers(cfg) >= len(units), f"UNITS has {len(units)} units but the network has {_layers(cfg)} layers "
@@ -222,7 +229,7 @@ CHECKS = {
     "LEARN_RATE": _positive(),
     "LEARN_RATE_C": _positive(),
     "LEARN_RATE_F": _positive(),
-    "LR_STEP": _at_least(0),
+    "LR_SCHEDULE": _schedule,
     "ACTIVATION": _one_of(_names("models", "ACTIVATIONS")),
     "GAMMA": _at_least(0),
     "OPTIMIZER": _one_of(_names("models.training", "OPTIMIZERS")),
@@ -273,19 +280,21 @@ CHECKS = {
 
 
 def validate(cfg):
-    """Check every constant the script has; return (DataInfo, architecture name, device)."""
+    """Check every constant of ``cfg`` and its family's own rule; return (DataInfo,
+    architecture name, device)."""
     import datasets
     from models import model_name
     from models.devices import pick_device
 
     try:
         meta = datasets.info(cfg.DATASET)
-        arch = model_name(getattr(cfg, "CHOICE", "resnet"))
-        device = pick_device(getattr(cfg, "DEVICE", "auto"))
+        arch = model_name(cfg.CHOICE)
+        device = pick_device(cfg.DEVICE)
     except (ValueError, RuntimeError) as exc:
         raise UsageError(str(exc)) from None
     values = cfg.as_dict()
     for name, rule in CHECKS.items():
         if name in values:
             rule(name, values[name], cfg, meta)
+    cfg.check(meta)
     return meta, arch, device

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cli import Config, UsageError, augmenting, unit_channels, validate
+from .cli import UsageError, augmenting, unit_channels, validate
 from .launch import world_size_for
 from .resume import load_checkpoint, resume_constants
 from .rundir import RunDir, is_main_process
@@ -15,7 +15,7 @@ from .rundir import RunDir, is_main_process
 @dataclass
 class Opened:
     """What ``open_run`` hands an experiment."""
-    cfg: Config
+    cfg: object  # the run's harness.configs family, as resumed
     meta: object  # datasets.DataInfo
     arch: str
     device: torch.device
@@ -24,25 +24,25 @@ class Opened:
     state: dict | None  # the latest checkpoint of a resumed run
 
 
-def open_run(script_file, cfg, *, world_size_of=None, check=None, device_data=True, extra=None, announce=True):
+def open_run(cfg, *, world_size_of=None, device_data=True, extra=None, announce=True):
     """Resume constants (under torchrun the constant named ``world_size_of``, such as M,
-    becomes the world size) -> validate (``check(cfg, meta)``: a script's own rule) ->
+    becomes the world size) -> validate (each constant, then the family's ``check``) ->
     load the data (onto the run's device with ``device_data``) -> open the run directory
     (on the main process only) -> read its latest checkpoint (a resumed run; a damaged or
     unsafe one stops the run here with one line; ``announce``: say which one)."""
-    cfg, resume_path = resume_constants(script_file, cfg)
+    cfg, resume_path = resume_constants(cfg)
     if world_size_of is not None:
         cfg = cfg.replace(**{world_size_of: world_size_for(getattr(cfg, world_size_of))})
     meta, arch, device = validate(cfg)
-    if check is not None:
-        check(cfg, meta)
     data = load_data(cfg, device if device_data else None)
     run, state = None, None
     if is_main_process():
-        run = RunDir(script_file, cfg, extra={"device": str(device), "architecture": arch, **(extra or {})},
-                     path=resume_path)
+        run = RunDir(cfg, extra={"device": str(device), "architecture": arch, **(extra or {})}, path=resume_path)
         state = load_checkpoint(run.path, quiet=not announce) if resume_path else None
     return Opened(cfg, meta, arch, device, data, run, state)
+
+
+TOY_SIZES = ("ELLIPSE_POINTS", "ELLIPSE_VALIDATION", "SWISS_POINTS")  # ToyRun's; datasets.load's defaults elsewhere
 
 
 def load_data(cfg, device=None, log=print):
@@ -51,9 +51,7 @@ def load_data(cfg, device=None, log=print):
 
     try:
         data = datasets.load(cfg.DATASET, data_root=cfg.DATA_ROOT, seed=cfg.SEED, log=log,
-                             ellipse_points=getattr(cfg, "ELLIPSE_POINTS", 500),
-                             ellipse_validation=getattr(cfg, "ELLIPSE_VALIDATION", 100),
-                             swiss_points=getattr(cfg, "SWISS_POINTS", 500))
+                             **{k.lower(): getattr(cfg, k) for k in TOY_SIZES if hasattr(cfg, k)})
     except datasets.DatasetNotFound as exc:
         raise UsageError(str(exc)) from None
     return data.to(device) if device is not None else data
@@ -65,11 +63,11 @@ def model_kwargs(cfg, meta):
     WIDTH is a minimum: a dense state is max(WIDTH, the input's features) wide, so that
     one WIDTH suits every dataset (the toy sets are padded, the image sets are not).
     UNITS gives a conv network its units (one: the single-block network)."""
-    kw = {"conv": bool(cfg.CONV), "activation": cfg.ACTIVATION, "gamma": getattr(cfg, "GAMMA", 0.01)}
+    kw = {"conv": bool(cfg.CONV), "activation": cfg.ACTIVATION, "gamma": cfg.GAMMA}
     if cfg.CONV:
         kw["units"] = unit_channels(cfg)
     else:
-        kw["width"] = max(getattr(cfg, "WIDTH", 0), meta.features)
+        kw["width"] = max(cfg.WIDTH, meta.features)
     return kw
 
 

@@ -3,7 +3,6 @@ validate -> load -> build -> train -> report."""
 from __future__ import annotations
 
 from harness import board, figures
-from harness.cli import check
 from harness.experiment import augmenting, build, describe, open_run
 from harness.resume import Checkpointer, PhaseStates
 from harness.rundir import emit_result
@@ -15,9 +14,9 @@ def train(cfg, model, data, log, resume=None, on_epoch_end=None):
     """Fit ``model`` with the constants (continuing ``resume``, a state that ``on_epoch_end``
     received); returns (history, train/test accuracy and training time)."""
     history = fit(model, data.x_train, data.y_train, epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE,
-                  batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, lr_step=cfg.LR_STEP,
-                  alpha_f=cfg.ALPHA_F if getattr(cfg, "REG_F", False) else 0.0,
-                  alpha_c=cfg.ALPHA_C if getattr(cfg, "REG_C", False) else 0.0, seed=cfg.SEED, log=log,
+                  batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, schedule=cfg.LR_SCHEDULE,
+                  alpha_f=cfg.ALPHA_F if cfg.REG_F else 0.0, alpha_c=cfg.ALPHA_C if cfg.REG_C else 0.0,
+                  seed=cfg.SEED, log=log,
                   resume=resume, on_epoch_end=on_epoch_end, augment=augmenting(cfg, data.info),
                   test=(data.x_test, data.y_test))
     result = {"train_acc": evaluate(model, data.x_train, data.y_train),
@@ -25,13 +24,9 @@ def train(cfg, model, data, log, resume=None, on_epoch_end=None):
     return history, result
 
 
-def _toy_only(cfg, meta):
-    check(not meta.image, f"this script trains on the toy sets ELLIPSE or SWISS, got {meta.name}")
-
-
-def train_single(script_file, cfg):
+def train_single(cfg):
     """Train one architecture (cfg.CHOICE) on cfg.DATASET; save metrics, curves, weights."""
-    o = open_run(script_file, cfg)
+    o = open_run(cfg)
     cfg, run = o.cfg, o.run
     print(f"{o.arch} ({'conv' if cfg.CONV else 'dense'}), N={cfg.N}, h={cfg.STEP} on {o.meta.name} "
           f"({len(o.data.y_train)} train / {len(o.data.y_test)} test) on {o.device}; results in {run.path}")
@@ -49,10 +44,10 @@ def train_single(script_file, cfg):
     emit_result({"architecture": o.arch, "dataset": o.meta.name, **result, "run_dir": str(run.path)})
 
 
-def train_toy(script_file, cfg):
+def train_toy(cfg):
     """Train all four architectures on a toy set; table, figure and one RESULT (whose
     train_acc and test_acc are the lowest of the four, train_time_s their sum)."""
-    o = open_run(script_file, cfg.replace(CHOICE="resnet"), check=_toy_only)  # every architecture is trained below
+    o = open_run(cfg)  # CHOICE is not the toy scripts' constant: every architecture is trained below
     cfg, run, data = o.cfg, o.run, o.data
     phases = PhaseStates(o.state)  # each architecture's latest training state
     print(f"{o.meta.name}: {len(data.y_train)} train / {len(data.y_test)} validation points, "

@@ -62,8 +62,8 @@ def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False, points=0, b
         rule="synthetic" if teach else cfg.RULE, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE,
         batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, shrink=cfg.SHRINK,
         exact_epochs=0 if teach else cfg.EXACT_EPOCHS, teach=teach, seed=cfg.SEED, augment=augmenting(cfg, data.info),
-        fail_stage=getattr(cfg, "FAIL_STAGE", -1), fail_epoch=getattr(cfg, "FAIL_EPOCH", 1),
-        fail_mode=getattr(cfg, "FAIL_MODE", "raise"), run_dir=str(run.path) if run is not None else None,
+        fail_stage=cfg.FAIL_STAGE, fail_epoch=cfg.FAIL_EPOCH, fail_mode=cfg.FAIL_MODE,
+        run_dir=str(run.path) if run is not None else None,
         checkpoint_every=cfg.CHECKPOINT_EVERY, points_per_epoch=points, balance=balance)
 
 
@@ -143,10 +143,10 @@ def _finish(run, name, series, result):
     emit_result({**result, "run_dir": str(run.path)})
 
 
-def _open(script, cfg, serial=True):
+def _open(cfg, serial=True):
     """``open_run`` for the four scripts; the distributed ones check every stage's
     checkpoint of a resumed run before launching (one line for a damaged one)."""
-    o = open_run(script, cfg, world_size_of=None if serial else "M", device_data=serial)  # one rank a sub-network
+    o = open_run(cfg, world_size_of=None if serial else "M", device_data=serial)  # one rank a sub-network
     for stage in range(o.cfg.M if o.run is not None and o.cfg.RESUME and not serial else 0):
         load_checkpoint(o.run.path, f"stage{stage}", quiet=True)
     return o
@@ -163,10 +163,10 @@ def _coarse(cfg, meta, arch, data, stages, run, phases, split=None):
     return cnet, hist, res
 
 
-def standard(script, cfg):
+def standard(cfg):
     """The pipeline's stages taking turns in this process, with the theoretical parallel time
     (the busiest stage's compute)."""
-    o = _open(script, cfg)
+    o = _open(cfg)
     cfg, run = o.cfg, o.run
     cnet = complex_net(cfg, o.meta, o.arch, cfg.M, cfg.N, cfg.STEP).to(o.device)
     print(f"pipeline in one process, rule {cfg.RULE}: {cfg.M} x {cfg.N} layers of {o.arch} on {o.meta.name}; "
@@ -179,9 +179,9 @@ def standard(script, cfg):
     _finish(run, "sg", {"synthetic gradients": hist}, result)
 
 
-def multilevel(script, cfg):
+def multilevel(cfg):
     """Coarse with true gradients (modules learning), prolong, fine with synthetic gradients."""
-    o = _open(script, cfg)
+    o = _open(cfg)
     cfg, run, data = o.cfg, o.run, o.data
     print(f"multilevel: {cfg.M} x {cfg.N} -> {cfg.M} x {2 * cfg.N} layers of {o.arch} on {o.meta.name}; "
           f"results in {run.path}")
@@ -208,9 +208,9 @@ def multilevel(script, cfg):
     _finish(run, "multilevel", {"coarse": coarse_hist, "fine": fine_hist, "scratch": scratch_hist}, result)
 
 
-def distributed(script, cfg):
+def distributed(cfg):
     """Each sub-network in its own process; one RESULT from rank 0."""
-    o = _open(script, cfg, serial=False)
+    o = _open(cfg, serial=False)
     cfg, run, data, stages = o.cfg, o.run, o.data, o.cfg.M
     cnet = complex_net(cfg, o.meta, o.arch, stages, cfg.N, cfg.STEP)
     if run is not None:
@@ -230,9 +230,9 @@ def distributed(script, cfg):
     _finish(run, "dist_sg", {"distributed": hist}, result)
 
 
-def distributed_multilevel(script, cfg):
+def distributed_multilevel(cfg):
     """Coarse stage as in the multilevel script, then distributed fine training."""
-    o = _open(script, cfg, serial=False)
+    o = _open(cfg, serial=False)
     cfg, run, data, stages = o.cfg, o.run, o.data, o.cfg.M
     if run is not None:
         print(f"multilevel, fine stage on {stages} processes: {stages} x {cfg.N} -> {stages} x {2 * cfg.N} "

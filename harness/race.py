@@ -383,7 +383,7 @@ def _columns(curve):
                                                                                       "test_acc")}}
 
 
-def race_main(script_file, cfg):
+def race_main(cfg):
     """Run every trainer of TRAINERS for every seed of SEEDS; table, race.png, race.json,
     TensorBoard series and the RESULT line."""
     from harness import board, figures
@@ -392,7 +392,7 @@ def race_main(script_file, cfg):
     from harness.rundir import emit_result
 
     seeds = seeds_of(cfg)
-    o = open_run(script_file, cfg.replace(SEED=seeds[0]), check=check_race, device_data=False)
+    o = open_run(cfg.replace(SEED=seeds[0]), device_data=False)
     cfg, run, names = o.cfg, o.run, trainer_names(o.cfg)
     data = _subset(o.data, cfg)
     print(f"race of {len(names)} trainers: {cfg.N} layers of {o.arch} ({'conv' if cfg.CONV else 'dense'}) on "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from models import checkpoint
 
-from .cli import Config, UsageError, check
+from .cli import UsageError, check
 from .rundir import restart_marker
 
 # Constants a resumed run may change: where and how it runs, not what it computes.
@@ -18,15 +18,15 @@ RESUME_FREE = frozenset({"RESUME", "DEVICE", "DATA_ROOT", "RESULTS_DIR", "THREAD
 RESUME_GROW = frozenset({"EPOCHS", "EPOCHS_F", "ITERATIONS"})
 
 
-def resume_constants(script_file, cfg):
+def resume_constants(cfg):
     """The constants of the run to continue, or (cfg, None) for a new run.
 
     A run is continued when RESUME names its directory, or when torchrun restarted the
     workers of a run this launch began.  The run's own constants are used; constants
     given on the command line beside RESUME are changes, allowed for the RESUME_FREE ones
     and as growth for RESUME_GROW, refused (UsageError) for the rest."""
-    path = getattr(cfg, "RESUME", "")
-    marker = restart_marker(script_file, cfg)
+    path = getattr(cfg, "RESUME", "")  # the race resumes nothing
+    marker = restart_marker(cfg)
     if not path and marker is not None and checkpoint.restart_count() > 0:
         path = marker.read_text().strip() if marker.is_file() else ""
     if not path:
@@ -37,7 +37,8 @@ def resume_constants(script_file, cfg):
         saved = json.loads((path / "config.json").read_text())["constants"]
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"RESUME: cannot read {path / 'config.json'}: {exc}") from None
-    merged = {**cfg.as_dict(), **saved}
+    known = cfg.as_dict()
+    merged = {**known, **{k: v for k, v in saved.items() if k in known}}
     for name in sorted(cfg.given):
         new, old = getattr(cfg, name), saved.get(name)
         if name in RESUME_FREE or new == old or name not in saved:
@@ -50,7 +51,7 @@ def resume_constants(script_file, cfg):
                              f"constants of its network, data and training (only {', '.join(sorted(RESUME_GROW))} "
                              "may grow)")
     merged["RESUME"] = str(path)
-    return Config(merged, cfg.given), path
+    return cfg.replace(**merged), path
 
 
 def load_checkpoint(run_path, name="checkpoint", quiet=False):
@@ -75,7 +76,7 @@ class Checkpointer:
 
     def __init__(self, run_path, cfg, last_epoch, name="checkpoint", wrap=None):
         self.path, self.cfg, self.last, self.name = run_path, cfg, last_epoch, name
-        self.every = getattr(cfg, "CHECKPOINT_EVERY", 0)
+        self.every = cfg.CHECKPOINT_EVERY
         self.wrap = wrap or _unchanged
         self.seconds, self.count = 0.0, 0
 

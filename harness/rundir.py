@@ -30,7 +30,7 @@ def git_commit():
         return "unknown"
 
 
-def restart_marker(script_file, cfg):
+def restart_marker(cfg):
     """Under torchrun: the file naming this launch's run directory, so that the workers a
     restart brings up (TORCHELASTIC_RESTART_COUNT > 0) continue the same run.  Keyed by the
     rendezvous id (--rdzv-id, unique per job across machines); where torchrun has none
@@ -41,14 +41,14 @@ def restart_marker(script_file, cfg):
         return None
     key = run_id if run_id not in ("", "none") else f"{run_id}-{os.getppid()}"
     key = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-    return Path(getattr(cfg, "RESULTS_DIR", "results")) / Path(script_file).stem / f".launch-{key}"
+    return Path(cfg.RESULTS_DIR) / Path(cfg.script).stem / f".launch-{key}"
 
 
 class RunDir:
     """results/<script>/<timestamp>/ with config.json, metrics.json and figures; ``path``
     reopens an existing run directory (a resumed run) and records the resumption."""
 
-    def __init__(self, script_file, cfg, extra=None, path=None):
+    def __init__(self, cfg, extra=None, path=None):
         if path is not None:
             self.path = Path(path)
             for stale in list(self.path.rglob(".*.tmp")):  # a write the killed run did not finish
@@ -62,8 +62,7 @@ class RunDir:
                                                      "argv": sys.argv, "git_commit": git_commit()})
             files.write_json(self.path / "config.json", config)
             return
-        base = Path(getattr(cfg, "RESULTS_DIR", "results")) / Path(script_file).stem / \
-            _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path(cfg.RESULTS_DIR) / Path(cfg.script).stem / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path, k = base, 1
         while True:
             try:
@@ -73,12 +72,12 @@ class RunDir:
                 k += 1
                 path = base.with_name(f"{base.name}-{k}")
         self.path = path
-        config = {"constants": cfg.as_dict(), "seed": getattr(cfg, "SEED", None),
+        config = {"constants": cfg.as_dict(), "seed": cfg.SEED,
                   "torch": torch.__version__, "python": platform.python_version(),
                   "platform": platform.platform(), "git_commit": git_commit(),
                   "argv": sys.argv, "cpu_count": os.cpu_count(), **(extra or {})}
         files.write_json(path / "config.json", config)
-        marker = restart_marker(script_file, cfg)
+        marker = restart_marker(cfg)
         if marker is not None:  # torchrun: a restart of this launch continues this run
             files.write_text(marker, str(path))
 

@@ -70,6 +70,26 @@ def make_optimizer(name, params, lr):
     return OPTIMIZERS[name](params, lr=lr)
 
 
+def schedule_factor(schedule, total_steps, steps_per_epoch):
+    """The learning rate's factor at step t of a run of ``total_steps`` optimiser steps:
+
+        cosine     (1 + cos(pi t / total_steps)) / 2, from 1 at the first step towards 0 at the last
+        constant   1
+        halve:K    0.5 ** floor(t / (K steps_per_epoch)), halved every K epochs
+
+    ValueError names the valid schedules for any other text."""
+    text = str(schedule).strip().lower()
+    if text == "cosine":
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total_steps) / max(total_steps, 1)))
+    if text == "constant":
+        return lambda t: 1.0
+    kind, _, every = text.partition(":")
+    if kind == "halve" and every.isdigit() and int(every) >= 1:
+        return lambda t: 0.5 ** (t // (int(every) * steps_per_epoch))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: cosine, constant, halve:K "
+                     "(halved every K epochs)")
+
+
 def check_finite(mean_loss, model, lr, epoch):
     """Raise DivergenceError, naming the likely cause, if an epoch's loss is NaN or infinite."""
     if not math.isfinite(mean_loss):
@@ -110,13 +130,15 @@ class Progress:
             self.bar.close()
 
 
-def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_gamma=0.5,
+def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", schedule="constant",
         alpha_f=0.0, alpha_c=0.0, seed=0, log=None, resume=None, on_epoch_end=None, augment=False,
         recorder=None, test=None):
     """Train ``model`` on the tensors x, y (already on the model's device).
 
     Cross-entropy on the logits, plus the paper's regularisers when alpha_f/alpha_c > 0.
-    ``lr_step`` > 0 multiplies the learning rate by ``lr_gamma`` every lr_step epochs.
+    ``schedule`` sets the learning rate at every step over the run's epochs x batches
+    (``schedule_factor``: cosine, constant or halve:K); a run resumed with more epochs
+    continues it over its new length.
     ``augment``: random crops (padding 4) and flips of every batch (datasets.augment).
     ``seed`` draws the batches (datasets.batching.epoch_batches, as every trainer does).
     ``log`` (e.g. print) receives one progress line per epoch.  Returns the history:
@@ -132,7 +154,8 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
     after the epoch's clock has stopped).
     """
     opt = make_optimizer(optimizer, model.parameters(), lr)
-    sched = torch.optim.lr_scheduler.StepLR(opt, lr_step, lr_gamma) if lr_step > 0 else None
+    n_batches = -(-len(y) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(schedule, epochs * n_batches, n_batches))
     regularised = bool(alpha_f or alpha_c)
     history = {"epoch": [], "loss": [], "train_acc": [], "seconds": []}
     start = 1
@@ -140,7 +163,6 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
         history, start = restore(resume, model, [opt], None, sched)
 
     model.train()
-    n_batches = -(-len(y) // batch_size)
     recorder = recorder or OFF
     recorder.start()
     for epoch in range(start, epochs + 1):
@@ -156,14 +178,13 @@ def fit(model, x, y, *, epochs, lr, batch_size, optimizer="adam", lr_step=0, lr_
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
+            sched.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
             bar.step(loss_sum, seen)
             recorder.batch_end(loss, len(yb))
         bar.close()
-        if sched is not None:
-            sched.step()
         recorder.epoch_end()
         mean_loss = loss_sum.item() / len(y)
         seconds = time.perf_counter() - t0

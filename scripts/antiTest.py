@@ -9,6 +9,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from harness.cli import configure  # noqa: E402
+from harness.configs import ArchitectureRun  # noqa: E402
 from harness.entry import run  # noqa: E402
 from harness.fit_experiments import train_single  # noqa: E402
 
@@ -23,7 +24,7 @@ WIDTH = 0  # dense state width, at least the input's features: smaller inputs ar
 UNITS = "8,16,32"  # conv: channels of each unit, joined by 3x3 conv + 2x2 pooling (one value: a single block)
 LEARN_RATE = 3e-3  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
-LR_STEP = 2  # halve the learning rate every LR_STEP epochs (0: constant)
+LR_SCHEDULE = "cosine"  # learning rate over the run's steps: cosine (to 0 at the last), constant, or halve:K (every K epochs)
 EPOCHS = 10  # training epochs
 BATCH_SIZE = 64  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0
@@ -40,7 +41,7 @@ RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may g
 
 
 def main(argv=None):
-    train_single(__file__, configure(__file__, globals(), argv, __doc__))
+    train_single(configure(ArchitectureRun, __file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":

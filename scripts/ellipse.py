@@ -9,6 +9,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from harness.cli import configure  # noqa: E402
+from harness.configs import ToyRun  # noqa: E402
 from harness.entry import run  # noqa: E402
 from harness.fit_experiments import train_toy  # noqa: E402
 
@@ -24,7 +25,7 @@ ELLIPSE_VALIDATION = 1000  # ELLIPSE: validation points per class
 SWISS_POINTS = 2000  # SWISS: points per class, every other one for validation
 LEARN_RATE = 0.01  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
-LR_STEP = 12  # halve the learning rate every LR_STEP epochs (0: constant)
+LR_SCHEDULE = "halve:12"  # learning rate over the run's steps: cosine (to 0 at the last), constant, or halve:K (every K epochs)
 EPOCHS = 50  # training epochs per architecture
 BATCH_SIZE = 50  # mini-batch size
 REG_F = False  # smoothness regulariser across layers on/off
@@ -41,7 +42,7 @@ VERBOSE = False  # print every epoch of every architecture
 
 
 def main(argv=None):
-    train_toy(__file__, configure(__file__, globals(), argv, __doc__))
+    train_toy(configure(ToyRun, __file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from harness.cli import configure  # noqa: E402
+from harness.configs import RaceRun  # noqa: E402
 from harness.entry import run  # noqa: E402
 from harness.race import race_main  # noqa: E402
 
@@ -52,7 +53,7 @@ RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/
 
 
 def main(argv=None):
-    race_main(__file__, configure(__file__, globals(), argv, __doc__))
+    race_main(configure(RaceRun, __file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":

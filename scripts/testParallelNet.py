@@ -12,6 +12,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from harness import pipeline_experiments  # noqa: E402
 from harness.cli import configure  # noqa: E402
+from harness.configs import MultilevelRun  # noqa: E402
 from harness.entry import run  # noqa: E402
 
 DATASET = "DIGITS"  # DIGITS, MNIST, FASHION, CIFAR10, ELLIPSE or SWISS
@@ -48,7 +49,7 @@ RESUME = ""  # a run directory to continue, with its own constants (EPOCHS may g
 
 
 def main(argv=None):
-    pipeline_experiments.multilevel(__file__, configure(__file__, globals(), argv, __doc__))
+    pipeline_experiments.multilevel(configure(MultilevelRun, __file__, globals(), argv, __doc__))
 
 
 if __name__ == "__main__":

@@ -104,12 +104,13 @@ def short_run(tmp_path):
     """The run directory of a 2-epoch verletTest run on DIGITS (its config.json, as the run
     writes it), to resume: refusals happen before anything is trained."""
     from harness.cli import configure
+    from harness.configs import ArchitectureRun
     from harness.rundir import RunDir
     from scripts import verletTest
 
-    cfg = configure(verletTest.__file__, vars(verletTest), ["--dataset", "DIGITS", "--n", "2", "--epochs", "2",
-                                                            "--results-dir", str(tmp_path)])
-    return str(RunDir(verletTest.__file__, cfg).path)
+    cfg = configure(ArchitectureRun, verletTest.__file__, vars(verletTest),
+                    ["--dataset", "DIGITS", "--n", "2", "--epochs", "2", "--results-dir", str(tmp_path)])
+    return str(RunDir(cfg).path)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -277,7 +278,7 @@ def test_pvd_stopping_early_at_its_target_checkpoints_that_iteration(tmp_path):
     """With CHECKPOINT_EVERY 5, a PVD run that reaches TARGET_ACC at an iteration that is no
     multiple of 5 still saves that iteration: a resume continues from where it stopped."""
     import datasets
-    from harness.cli import Config
+    from harness.configs import PVDRun
     from harness.resume import Checkpointer
     from models import build_model
     from pvd import PVDConfig, run_serial
@@ -286,7 +287,7 @@ def test_pvd_stopping_early_at_its_target_checkpoints_that_iteration(tmp_path):
     torch.manual_seed(0)
     model = build_model("verlet", (2,), 2, 4, 0.5, width=4)
     cfg = PVDConfig(iterations=20, steps=10, target_acc=0.85, seed=0)
-    saver = Checkpointer(tmp_path, Config({"CHECKPOINT_EVERY": 5}), cfg.iterations)
+    saver = Checkpointer(tmp_path, PVDRun(CHECKPOINT_EVERY=5), cfg.iterations)
     out = run_serial(model, data, cfg, saver=saver)
     stopped = out["history"]["iteration"][-1]
     assert stopped < cfg.iterations and stopped % 5, f"the run should stop early, off the 5s: {stopped}"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import datasets
-from harness.cli import Config
+from harness.configs import ArchitectureRun, ToyRun
 from harness.experiment import build, load_data
 from models import checkpoint
 from models.training import evaluate
@@ -27,7 +27,7 @@ def test_verlet_script_on_digits_writes_its_run_directory(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["history"]["loss"]) == 2 and metrics["test_acc"] == res["test_acc"]
     assert (run_dir / "training.png").stat().st_size > 1000
-    cfg = Config(config["constants"])  # the saved weights, reloaded, give the reported accuracies
+    cfg = ArchitectureRun(**config["constants"])  # the saved weights, reloaded, give the reported accuracies
     model = build(cfg, "verlet", datasets.info("DIGITS"))
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     data = load_data(cfg, log=lambda *a: None)
@@ -43,7 +43,7 @@ def test_toy_scripts_train_all_four_and_draw_them(tmp_path, script):
     (run_dir,) = (tmp_path / script).iterdir()
     assert (run_dir / f"{script}.png").stat().st_size > 10000
     state, _ = checkpoint.load(run_dir)  # each architecture's final weights give the accuracy it reported
-    cfg = Config(state["constants"])
+    cfg = ToyRun(**state["constants"])
     data = load_data(cfg, log=lambda *a: None)
     for arch, r in res["results"].items():
         model = build(cfg, arch, datasets.info(cfg.DATASET))

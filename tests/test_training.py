@@ -9,12 +9,12 @@ from models.training import DivergenceError, evaluate, fit
 torch.set_num_threads(1)
 
 
-def train(arch, name, *, n_layers, h, epochs, lr, batch_size, width=None, conv=False, seed=0, lr_step=0):
+def train(arch, name, *, n_layers, h, epochs, lr, batch_size, width=None, conv=False, seed=0, schedule="constant"):
     data = datasets.load(name, seed=seed)
     torch.manual_seed(seed)
     model = build_model(arch, data.info.shape, data.info.classes, n_layers, h, width=width, conv=conv,
                         channels=4)
-    fit(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, lr_step=lr_step)
+    fit(model, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, schedule=schedule)
     return model, evaluate(model, data.x_test, data.y_test)
 
 
@@ -26,7 +26,7 @@ def test_every_architecture_learns_the_ellipses(arch):
 
 @pytest.mark.parametrize("arch", list(MODELS))
 def test_every_architecture_learns_the_swiss_roll(arch):
-    _, acc = train(arch, "SWISS", n_layers=10, h=0.5, epochs=150, lr=0.01, batch_size=50, width=8, lr_step=50)
+    _, acc = train(arch, "SWISS", n_layers=10, h=0.5, epochs=150, lr=0.01, batch_size=50, width=8, schedule="halve:50")
     assert acc >= 0.95
 
 
@@ -50,7 +50,7 @@ def test_a_seed_makes_a_run_repeatable():
         torch.manual_seed(1)
         model = build_model("verlet", (2,), 2, 3, 0.5)
         hist = fit(model, data.x_train, data.y_train, epochs=2, lr=0.01, batch_size=64, seed=1,
-                   optimizer="sgd", lr_step=1, alpha_f=1e-3, alpha_c=1e-3)
+                   optimizer="sgd", schedule="halve:1", alpha_f=1e-3, alpha_c=1e-3)
         return hist["loss"], [p.detach().clone() for p in model.parameters()]
 
     (l1, p1), (l2, p2) = once(), once()
