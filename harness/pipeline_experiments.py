@@ -119,27 +119,28 @@ def _report_profile(run, result, label):
     RESULT line keeps the busy fractions (metrics.json keeps everything)."""
     print(f"\nper-stage profile ({label}; busy: forward, backward, module or head, optimiser step)\n"
           + profile_table(result["profile"]), flush=True)
-    figures.timeline_figure(run.file("timeline.png"), result["profile"],
+    figures.timeline_figure(run.path / "timeline.png", result["profile"],
                              title=f"{label}: the first batches of each stage")
 
 
 def _finish(run, name, series, result):
-    run.save_json("metrics.json", {"history": series, **result})
+    """TensorBoard, the curves' figure, metrics.json and the RESULT line."""
     for label, h in series.items():
         board.write_history(run.path / label.replace(" ", "_"), h)
     profile = result.get("profile") or (result.get("fine") or {}).get("profile")
     if profile:  # each stage's share of its wall time spent computing
         board.write_scalars(run.path, {"busy_fraction": [p["busy_fraction"] for p in profile]})
-    result = {k: v for k, v in result.items() if k != "profile"}  # the RESULT line: no timelines
-    for level in ("coarse", "fine", "scratch"):
-        if isinstance(result.get(level), dict):
-            result[level] = {k: v for k, v in result[level].items() if k != "profile"}
     curves = {}
     for label, h in series.items():
         curves[label] = {"epoch": h["epoch"], "loss": h["loss"]}
         if any(h.get("sg_cos", [])):
             curves[label]["module cosine"] = [sum(c) / len(c) if c else float("nan") for c in h["sg_cos"]]
-    figures.curves(run.file(f"{name}.png"), curves)
+    figures.curves(run.path / f"{name}.png", curves)
+    run.save_json("metrics.json", {"history": series, **result})
+    result = {k: v for k, v in result.items() if k != "profile"}  # the RESULT line: no timelines
+    for level in ("coarse", "fine", "scratch"):
+        if isinstance(result.get(level), dict):
+            result[level] = {k: v for k, v in result[level].items() if k != "profile"}
     emit_result({**result, "run_dir": str(run.path)})
 
 

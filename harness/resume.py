@@ -3,13 +3,29 @@ checkpoints every CHECKPOINT_EVERY epochs (or iterations) and at the last."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 from pathlib import Path
 
 from models import checkpoint
 
 from .cli import UsageError, check
-from .rundir import restart_marker
+
+
+def restart_marker(cfg):
+    """Under torchrun: the file naming this launch's run directory, so that the workers a
+    restart brings up (TORCHELASTIC_RESTART_COUNT > 0) continue the same run.  Keyed by the
+    rendezvous id (--rdzv-id, unique per job across machines); where torchrun has none
+    (a plain single-machine launch), by the launching agent's process id as well, which is
+    fixed across restarts."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id is None:
+        return None
+    key = run_id if run_id not in ("", "none") else f"{run_id}-{os.getppid()}"
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+    return Path(cfg.RESULTS_DIR) / Path(cfg.script).stem / f".launch-{key}"
+
 
 # Constants a resumed run may change: where and how it runs, not what it computes.
 RESUME_FREE = frozenset({"RESUME", "DEVICE", "DATA_ROOT", "RESULTS_DIR", "THREADS", "VERBOSE", "CHECKPOINT_EVERY",

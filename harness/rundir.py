@@ -7,7 +7,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import torch
 
 from datasets import files
+
+from .resume import restart_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,20 +29,6 @@ def git_commit():
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def restart_marker(cfg):
-    """Under torchrun: the file naming this launch's run directory, so that the workers a
-    restart brings up (TORCHELASTIC_RESTART_COUNT > 0) continue the same run.  Keyed by the
-    rendezvous id (--rdzv-id, unique per job across machines); where torchrun has none
-    (a plain single-machine launch), by the launching agent's process id as well, which is
-    fixed across restarts."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id is None:
-        return None
-    key = run_id if run_id not in ("", "none") else f"{run_id}-{os.getppid()}"
-    key = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-    return Path(cfg.RESULTS_DIR) / Path(cfg.script).stem / f".launch-{key}"
 
 
 class RunDir:
