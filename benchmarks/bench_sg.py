@@ -59,8 +59,8 @@ def network(meta, arch, layers=LAYERS, h=STEP, seed=0):
 def race_of(data, arch, epochs, batch, seed=0, points=1, microbatches=4):
     """The race's shared settings (harness.race) for this bench's network."""
     return Race(build=lambda n, h: build_model(arch, data.info.shape, data.info.classes, n, h), n_layers=LAYERS,
-                h=STEP, data=data, epochs=epochs, batch_size=batch, lr=LR, sg_lr=SG_LR, seed=seed,
-                points_per_epoch=points, threads=1, microbatches=microbatches)
+                h=STEP, data=data, epochs=epochs, batch_size=batch, lr=LR, rule_options={"sg_learn_rate": SG_LR},
+                seed=seed, points_per_epoch=points, threads=1, microbatches=microbatches)
 
 
 def trained(name, race):
@@ -134,8 +134,9 @@ def multilevel(data, epochs_c=4, epochs_f=4, max_scratch=20):
     """Coarse 2 x 4 layers with true gradients, prolonged to 2 x 8 with synthetic
     gradients, against 2 x 8 from scratch until it matches (DIGITS, one thread)."""
     torch.set_num_threads(1)
-    def cfg(**kw):
-        return PipelineConfig(rule="synthetic", sg_lr=ML_SG_LR, batch_size=64, seed=0, **kw)
+    def cfg(teach=False, **kw):
+        return PipelineConfig(rule="synthetic", rule_options={"sg_learn_rate": ML_SG_LR, "teach": teach},
+                              batch_size=64, seed=0, **kw)
 
     coarse = ComplexNet(network(data.info, "verlet", layers=8, h=2 * STEP), 2)
     t_ml = sum(train_serial(coarse, data, cfg(epochs=epochs_c, lr=ML_LR, teach=True))["seconds"])

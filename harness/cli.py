@@ -75,24 +75,51 @@ def _constant(family, name, value, types):
     return value
 
 
+def rule_options():
+    """{CONSTANT: (type, default, help)} of every registered rule's options (the rules
+    that have one named in its help, when not all do)."""
+    from synthetic.rules import REGISTRY, cli_options
+
+    found = {}
+    for name, (f, rules) in cli_options().items():
+        kind = typing.get_type_hints(REGISTRY[rules[0]])[name]
+        which = "" if len(rules) == len(REGISTRY) else f" [{', '.join(rules)}]"
+        found[name.upper()] = (kind, f.default, f.metadata["help"] + which)
+    return found
+
+
 def configure(family, script_file, namespace, argv=None, doc=None):
     """The run's configuration: ``family`` (harness.configs) with the script's UPPERCASE
-    constants as its fields, each overridable as --lower-name value."""
+    constants as its fields, each overridable as --lower-name value; a family with rules
+    (``has_rules``) takes every registered rule's options as well (the script's constant
+    of that name is its default)."""
     types = _field_types(family)
+    options = rule_options() if family.has_rules else {}
     parser = _Parser(
         prog=Path(script_file).name, description=(doc or "").strip().split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     given = _Parser(prog=Path(script_file).name, argument_default=argparse.SUPPRESS, add_help=False)
-    values = {}
-    for name, default, comment in constants_of(script_file, namespace):
-        values[name] = _constant(family, name, default, types)
+
+    def add(name, kind, default, help):
         flag = "--" + name.lower().replace("_", "-")
-        parse = _PARSERS[types[name]]
-        parser.add_argument(flag, dest=name, type=parse, default=values[name],
-                            metavar=types[name].__name__.upper(), help=comment.replace("%", "%%"))
-        given.add_argument(flag, dest=name, type=parse)
-    values.update(vars(parser.parse_args(argv)))
-    return family(**values, script=str(script_file), given=frozenset(vars(given.parse_known_args(argv)[0])))
+        parser.add_argument(flag, dest=name, type=_PARSERS[kind], default=default, metavar=kind.__name__.upper(),
+                            help=help.replace("%", "%%"))
+        given.add_argument(flag, dest=name, type=_PARSERS[kind])
+
+    constants = {name: (default, comment) for name, default, comment in constants_of(script_file, namespace)}
+    for name, (default, comment) in constants.items():
+        if name in options:
+            kind, _, help = options[name]
+            add(name, kind, _constant(family, name, default, {name: kind}), help)
+        else:
+            add(name, types.get(name, type(default)), _constant(family, name, default, types), comment)
+    for name, (kind, default, help) in options.items():
+        if name not in constants:
+            add(name, kind, default, help)
+    values = vars(parser.parse_args(argv))
+    fields = {k: v for k, v in values.items() if k not in options}
+    return family(**fields, rule_options={k.lower(): v for k, v in values.items() if k in options},
+                  script=str(script_file), given=frozenset(vars(given.parse_known_args(argv)[0])))
 
 
 # ---- values with a meaning beyond their type -------------------------------------------
@@ -248,12 +275,9 @@ CHECKS = {
     # synthetic gradients
     "M": _at_least(2, " (sub-networks)"),
     "SG_MODULE": _one_of(_names("synthetic.modules", "SG_MODULES")),
-    "SG_LEARN_RATE": _positive(),
     "PROLONG": _one_of(_names("models", "PROLONG_METHODS")),
     "BALANCE": _one_of(_names("synthetic.balance", "BALANCE_MODES")),
-    "MAX_IN_FLIGHT": _at_least(1),
     "RULE": _one_of(_names("synthetic.rules", "RULES")),
-    "SHRINK": _positive(),
     "EXACT_EPOCHS": _at_least(0),
     # the race (harness/race.py checks TRAINERS, TARGET and SEEDS)
     "TRAIN_SAMPLES": _at_least(0),
@@ -279,6 +303,16 @@ CHECKS = {
 }
 
 
+def _check_rule_options(cfg):
+    from synthetic.rules import cli_options
+
+    declared = cli_options()
+    for name, value in cfg.rule_options.items():
+        problem = declared[name][0].metadata.get("check") if name in declared else None
+        message = problem(value) if problem is not None else None
+        check(message is None, f"{name.upper()} {message}")
+
+
 def validate(cfg):
     """Check every constant of ``cfg`` and its family's own rule; return (DataInfo,
     architecture name, device)."""
@@ -296,5 +330,6 @@ def validate(cfg):
     for name, rule in CHECKS.items():
         if name in values:
             rule(name, values[name], cfg, meta)
+    _check_rule_options(cfg)
     cfg.check(meta)
     return meta, arch, device

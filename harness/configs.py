@@ -33,13 +33,28 @@ class RunConfig:
     RESULTS_DIR: str = "results"
     script: str = field(default="", compare=False)  # the entry script's path (names the run directory)
     given: frozenset = field(default=frozenset(), repr=False, compare=False)  # constants set on the command line
+    rule_options: dict = field(default_factory=dict)  # the rules' options by name (max_in_flight: 2), ``has_rules``
+
+    #: the family trains the pipeline's rules: every registered rule's options are its
+    #: constants too (synthetic.rules.cli_options; MAX_IN_FLIGHT is max_in_flight)
+    has_rules = False
 
     def as_dict(self):
-        """The constants (the UPPERCASE fields) as a dict."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.isupper()}
+        """The constants (the UPPERCASE fields, and the rules' options in capitals) as a dict."""
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.isupper()},
+                **{name.upper(): value for name, value in self.rule_options.items()}}
 
     def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` (constants; a rule's option in capitals goes to rule_options)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        options = {k.lower(): v for k, v in changes.items() if k not in fields and k.lower() in self.rule_options}
+        unknown = [k for k in changes if k not in fields and k.lower() not in options]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no constant {unknown[0]}")
+        rest = {k: v for k, v in changes.items() if k in fields}
+        if options:
+            rest["rule_options"] = {**self.rule_options, **options}
+        return dataclasses.replace(self, **rest)
 
     def check(self, meta):
         """The family's own checks, beyond one constant at a time (UsageError)."""
@@ -113,9 +128,6 @@ class PipelineFields(GroupFields):
     M: int = 2
     RULE: str = "synthetic"
     SG_MODULE: str = "linear"
-    SG_LEARN_RATE: float = 1e-3
-    MAX_IN_FLIGHT: int = 1
-    SHRINK: float = 1.0
     EXACT_EPOCHS: int = 0
     BALANCE: str = "cost"
     FAIL_STAGE: int = -1
@@ -126,11 +138,15 @@ class PipelineFields(GroupFields):
 class PipelineRun(NetworkFields, TrainingFields, ResumableFields, PipelineFields, RunConfig):
     """The pipeline trained with one rule (distSg.py in processes, run_standard_sg.py serially)."""
 
+    has_rules = True
+
 
 @dataclass(frozen=True, kw_only=True)
 class MultilevelRun(NetworkFields, TrainingFields, ResumableFields, PipelineFields, RunConfig):
     """Coarse-to-fine pipeline training (distMulti.py, testParallelNet.py): EPOCHS_C epochs of
     the coarse network (M x N layers, step STEP_C), then EPOCHS_F of the prolonged one."""
+
+    has_rules = True
     N: int = 2
     STEP_C: float = 1.0
     LEARN_RATE_C: float = 3e-3
@@ -172,7 +188,6 @@ class RaceRun(NetworkFields, RunConfig):
     TRAIN_SAMPLES: int = 10000
     BATCH_SIZE: int = 128
     LEARN_RATE: float = 1e-3
-    SG_LEARN_RATE: float = 3e-4
     EPOCHS: int = 5
     POINTS_PER_EPOCH: int = 2
     TRAINERS: str = "bp-all"
@@ -181,8 +196,9 @@ class RaceRun(NetworkFields, RunConfig):
     PROCESSES: int = 2
     THREADS: int = 0
     MICROBATCHES: int = 4
-    MAX_IN_FLIGHT: int = 1
     COARSE_EPOCHS: int = 1
+
+    has_rules = True
 
     def check(self, meta):
         from .race import check_race

@@ -206,25 +206,28 @@ def depth_figure(path, results, histories):
     _save(fig, path)
 
 
-TIMELINE_COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "module": "tab:green", "step": "tab:purple",
-                    "replay": "tab:cyan", "head": "tab:olive",
+TIMELINE_COLOURS = {"forward": "tab:blue", "backward": "tab:orange", "step": "tab:purple",
                     "send": "tab:grey", "wait input": "tab:red", "wait gradient": "gold"}
+RULE_COLOURS = ("tab:green", "tab:cyan", "tab:olive", "tab:pink", "tab:brown")  # the rules' own kinds, in order
 
 
 def timeline_figure(path, profiles, title=""):
     """A Gantt chart of the first batches of each stage: one row per stage, one bar per
     piece of work (forward, backward, module, optimiser step, communication, waits)."""
     fig, ax = plt.subplots(figsize=(11, 0.9 + 0.75 * len(profiles)))
+    colours = dict(TIMELINE_COLOURS)
+    for kind in dict.fromkeys(k for p in profiles for k, *_ in p["timeline"] if k not in TIMELINE_COLOURS):
+        colours[kind] = RULE_COLOURS[(len(colours) - len(TIMELINE_COLOURS)) % len(RULE_COLOURS)]
     end = 0.0
     for i, p in enumerate(profiles):
         for kind, _, t0, t1 in p["timeline"]:
-            ax.broken_barh([(1e3 * t0, 1e3 * (t1 - t0))], (i - 0.38, 0.76), color=TIMELINE_COLOURS[kind])
+            ax.broken_barh([(1e3 * t0, 1e3 * (t1 - t0))], (i - 0.38, 0.76), color=colours[kind])
             end = max(end, 1e3 * t1)
     ax.set_yticks(range(len(profiles)), [f"stage {i}" for i in range(len(profiles))])
     ax.invert_yaxis()
     ax.set_xlim(0, end * 1.01 if end else 1)
     ax.set_xlabel("ms since the stages started")
-    handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in TIMELINE_COLOURS.items()]
+    handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in colours.items()]
     ax.legend(handles=handles, ncol=len(handles), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     ax.set_title(title or "the first batches of each stage")
     _save(fig, path)

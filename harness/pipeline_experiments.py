@@ -17,6 +17,7 @@ from synthetic import ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import costs_with_threads, new_split, save_split, saved_split, split_line
 from synthetic.distributed import stage_worker
 from synthetic.profile import profile_table
+from synthetic.rules import make_rule
 
 
 def complex_net(cfg, meta, arch, stages, layers, h):
@@ -58,10 +59,11 @@ def pipeline_config(cfg, data, *, epochs, lr, run=None, teach=False, points=0, b
     """The pipeline's configuration from the constants (``teach``: the coarse level of
     the multilevel scripts, true gradients teaching the modules; ``points``: points of
     the training curve an epoch; ``balance``: the ranks choose the cuts)."""
+    rule = make_rule("synthetic", **{**cfg.rule_options, "teach": True}) if teach else \
+        make_rule(cfg.RULE, **cfg.rule_options)
     return PipelineConfig(
-        rule="synthetic" if teach else cfg.RULE, epochs=epochs, lr=lr, sg_lr=cfg.SG_LEARN_RATE,
-        batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER, max_in_flight=cfg.MAX_IN_FLIGHT, shrink=cfg.SHRINK,
-        exact_epochs=0 if teach else cfg.EXACT_EPOCHS, teach=teach, seed=cfg.SEED, augment=augmenting(cfg, data.info),
+        rule=rule, epochs=epochs, lr=lr, batch_size=cfg.BATCH_SIZE, optimizer=cfg.OPTIMIZER,
+        exact_epochs=0 if teach else cfg.EXACT_EPOCHS, seed=cfg.SEED, augment=augmenting(cfg, data.info),
         fail_stage=cfg.FAIL_STAGE, fail_epoch=cfg.FAIL_EPOCH, fail_mode=cfg.FAIL_MODE,
         run_dir=str(run.path) if run is not None else None,
         checkpoint_every=cfg.CHECKPOINT_EVERY, points_per_epoch=points, balance=balance)
@@ -108,7 +110,7 @@ def _distributed(cnet, data, cfg, stages, *, epochs, lr, run, balance=None):
     last = out["histories"][-1]
     hist = {"epoch": last["epoch"], "loss": last["loss"], "seconds": last["seconds"],
             "test_acc": _test_accuracies(cnet, out["points"], data, last["epoch"]),
-            **{k: _per_cut(out["histories"][:-1], k) for k in ("sg_mse", "sg_cos", "head_loss")}}
+            **{k: _per_cut(out["histories"][:-1], k) for k in pcfg.rule.stats}}
     messages = {k: sum(m[k] for m in out["messages"]) for k in out["messages"][0]}
     return hist, {"rule": cfg.RULE, "train_time_s": out["train_time_s"], "wall_time_s": wall, **_accuracy(cnet, data),
                   "messages": messages, "profile": out["profiles"], "split": out["split"]}

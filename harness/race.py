@@ -28,12 +28,15 @@ from synthetic.balance import balanced_bounds
 from synthetic.complex import layers_per_stage
 from synthetic.distributed import stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
-from synthetic.rules import RULES
+from synthetic.rules import RULES, make_rule
 
 BACKPROP = ("bp-1t", "bp-all")  # backprop in one process: one thread, every core
 PEERS = ("ddp", "gpipe", "1f1b")  # what a user would pick instead (torch)
-TRAINERS = (*BACKPROP, *PEERS, *(f"pipeline-{r}" for r in RULES), *(f"multilevel-{r}" for r in RULES), "pvd")
-MULTI_PROCESS = tuple(t for t in TRAINERS if t not in BACKPROP)
+
+
+def trainers():
+    """Every trainer's name: the pipeline and multilevel ones for each registered rule."""
+    return (*BACKPROP, *PEERS, *(f"pipeline-{r}" for r in RULES), *(f"multilevel-{r}" for r in RULES), "pvd")
 
 
 @dataclass
@@ -46,14 +49,12 @@ class Race:
     epochs: int
     batch_size: int
     lr: float
-    sg_lr: float = 3e-4  # synthetic: the modules' learning rate
+    rule_options: dict = field(default_factory=dict)  # the rules' options (synthetic.rules: max_in_flight, ...)
     seed: int = 0
     points_per_epoch: int = 2
     processes: int = 2  # ranks of the multi-process trainers
     threads: int = 0  # intra-op threads of each rank (0: the cores shared out)
     microbatches: int = 4  # GPipe and 1F1B
-    max_in_flight: int = 1  # the pipeline's delay
-    shrink: float = 1.0
     coarse_epochs: int = 1  # multilevel: epochs of the coarse network (of ``epochs``)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # DEVICE: every trainer
     on_placement: object = None  # told where a launch's ranks ran (harness.launch.launch)
@@ -123,10 +124,10 @@ def _cuts(race, net, rule, multiple=1):
     return balanced_bounds(costs, race.processes, multiple)
 
 
-def _pipeline_config(race, rule, epochs, **kw):
-    return PipelineConfig(rule=rule, epochs=epochs, lr=race.lr, sg_lr=race.sg_lr, batch_size=race.batch_size,
-                          max_in_flight=race.max_in_flight, shrink=race.shrink, seed=race.seed, verbose=False,
-                          points_per_epoch=race.points_per_epoch, **kw)
+def _pipeline_config(race, rule, epochs, teach=False):
+    rule = make_rule(rule, **{**race.rule_options, "teach": True} if teach else race.rule_options)
+    return PipelineConfig(rule=rule, epochs=epochs, lr=race.lr, batch_size=race.batch_size, seed=race.seed,
+                          verbose=False, points_per_epoch=race.points_per_epoch)
 
 
 def _pipeline(race, rule):
@@ -187,8 +188,8 @@ def _trainer(name):
 def check_trainers(names):
     """The trainer names, or ValueError naming the first unknown one."""
     for name in names:
-        if name not in TRAINERS:
-            raise ValueError(f"unknown trainer {name!r}; valid: {', '.join(TRAINERS)}")
+        if name not in trainers():
+            raise ValueError(f"unknown trainer {name!r}; valid: {', '.join(trainers())}")
     if len(set(names)) != len(names):
         raise ValueError(f"a trainer is named twice in {','.join(names)}")
     return list(names)
@@ -345,7 +346,7 @@ def check_race(cfg, meta):
               f"gpipe and 1f1b need a GPU per rank (NCCL) or DEVICE=cpu: with {cfg.PROCESSES} ranks sharing "
               f"{device} over gloo, torch.distributed.pipelining would send CUDA tensors, which gloo cannot; "
               "drop them from TRAINERS")
-    multi = [t for t in names if t in MULTI_PROCESS]
+    multi = [t for t in names if t not in BACKPROP]
     check(not multi or cfg.N >= cfg.PROCESSES, f"N ({cfg.N}) layers cannot be cut into PROCESSES={cfg.PROCESSES} "
                                                f"stages or blocks ({', '.join(multi)})")
     if any(t.startswith("multilevel-") for t in names):
@@ -404,9 +405,9 @@ def race_main(cfg):
     for seed in seeds:
         race = Race(build=lambda n, h, seed=seed: build(cfg.replace(SEED=seed), o.arch, o.meta, None, n, h),
                     n_layers=cfg.N, h=cfg.STEP, data=data, epochs=cfg.EPOCHS, batch_size=cfg.BATCH_SIZE,
-                    lr=cfg.LEARN_RATE, sg_lr=cfg.SG_LEARN_RATE, seed=seed, points_per_epoch=cfg.POINTS_PER_EPOCH,
+                    lr=cfg.LEARN_RATE, rule_options=cfg.rule_options, seed=seed, points_per_epoch=cfg.POINTS_PER_EPOCH,
                     processes=cfg.PROCESSES, threads=cfg.THREADS, microbatches=cfg.MICROBATCHES,
-                    max_in_flight=cfg.MAX_IN_FLIGHT, coarse_epochs=cfg.COARSE_EPOCHS, device=o.device,
+                    coarse_epochs=cfg.COARSE_EPOCHS, device=o.device,
                     on_placement=run.record_placement)
         for t in names:
             curve, train_acc, _ = run_trainer(t, race)

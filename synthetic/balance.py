@@ -3,9 +3,9 @@
 A pipeline runs at the pace of its slowest stage.  Stage i's work per batch is its
 layers' forward and backward passes, plus the opening layer on stage 0, the classifier
 and the loss on the last stage, and, on every stage but the last, what its rule adds:
-the synthetic-gradient module (one forward and one backward) for ``synthetic``, the
-small classifier for ``local``, a second forward pass of its layers for ``replay``,
-nothing for ``exact`` and ``delayed``; each piece with its optimiser step.
+its work at the cut (``Rule.cut_work``: a synthetic-gradient module, a local
+classifier) and further forward passes of its layers (``Rule.forward_passes``); each
+piece with its optimiser step.
 ``measure_costs`` times these pieces on the device, ``balanced_bounds`` places the cuts.
 """
 from __future__ import annotations
@@ -26,8 +26,7 @@ from models.devices import sync
 from models.training import make_optimizer
 
 from .complex import layers_per_stage
-from .modules import SyntheticGradient
-from .rules import LocalHead
+from .rules import make_rule
 
 BALANCE_MODES = ("cost", "even")
 
@@ -40,7 +39,7 @@ class Costs:
     first: float = 0.0  # the opening layer (lift) on stage 0
     last: float = 0.0  # classifier and loss on the last stage
     cuts: dict = field(default_factory=dict)  # cut position b -> the rule's work at a cut after layer b - 1
-    replayed: list = field(default_factory=list)  # replay: layer j's second forward pass
+    forward_again: list = field(default_factory=list)  # layer j's further forward passes (Rule.forward_passes)
 
     def stage(self, i, a, b, parts):
         """Stage i of ``parts`` running layers [a, b)."""
@@ -50,7 +49,7 @@ class Costs:
         if i == parts - 1:
             cost += self.last
         else:
-            cost += self.cuts.get(b, 0.0) + sum(self.replayed[a:b])
+            cost += self.cuts.get(b, 0.0) + sum(self.forward_again[a:b])
         return cost
 
     def stages(self, bounds):
@@ -64,7 +63,7 @@ class Costs:
         return Costs([max(c.layers[j] for c in measured) for j in range(len(first.layers))],
                      max(c.first for c in measured), max(c.last for c in measured),
                      {b: max(c.cuts[b] for c in measured) for b in first.cuts},
-                     [max(c.replayed[j] for c in measured) for j in range(len(first.replayed))])
+                     [max(c.forward_again[j] for c in measured) for j in range(len(first.forward_again))])
 
 
 def balanced_bounds(costs: Costs, parts, multiple=1):
@@ -110,14 +109,15 @@ def _timed(pieces, repeats, device):
     return [statistics.median(t) for t in times]
 
 
-def measure_costs(net, x, y, *, rule="synthetic", sg_kind="linear", cuts=None, repeats=5):
+def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     """Time every piece of ``net`` on one batch (x, y) where it lies (its device, this
     process's threads), each with its optimiser step (Adam): each layer's forward and
-    backward pass, the opening layer, the classifier and loss, and what ``rule`` adds at
-    each cut position in ``cuts`` (default all): a fresh module of ``sg_kind``, a local
-    head (pieces of one state shape are timed once), or each layer's forward pass again
-    (replay).  A copy of ``net``, on the batch's device, is timed; ``net`` is left as it
-    was."""
+    backward pass, the opening layer, the classifier and loss, and what ``rule`` (a Rule
+    or a registered name) adds: its work at each cut position in ``cuts`` (default all;
+    ``Rule.cut_work``, with a module of ``sg_kind``; pieces of one state shape are timed
+    once), and each layer's further forward passes (``Rule.forward_passes``).  A copy of
+    ``net``, on the batch's device, is timed; ``net`` is left as it was."""
+    rule = make_rule(rule) if isinstance(rule, str) else rule
     net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
     states = [net.initial_state(x)]
@@ -140,7 +140,7 @@ def measure_costs(net, x, y, *, rule="synthetic", sg_kind="linear", cuts=None, r
         out = net.step(j, inp)
         torch.autograd.backward(out, [torch.ones_like(t) for t in out])
 
-    def replayed(j):
+    def forward_again(j):
         net.step(j, tuple(t.detach() for t in states[j]))
 
     def first():
@@ -156,41 +156,24 @@ def measure_costs(net, x, y, *, rule="synthetic", sg_kind="linear", cuts=None, r
     n = net.n_layers
     pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(n)]
     pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
-    if rule == "replay":
-        pieces += [stepped(lambda j=j: replayed(j), []) for j in range(n)]
+    again = rule.forward_passes - 1
+    if again:
+        pieces += [stepped(lambda j=j: [forward_again(j) for _ in range(again)], []) for j in range(n)]
     shapes = {}  # state shape at a cut -> its piece's index (pieces of one shape are timed once)
-    for b in cuts if rule in ("synthetic", "local") else ():
+    for b in cuts:
         shape = net.state_shape_at(b)
         if shape not in shapes:
-            shapes[shape] = len(pieces)
-            pieces.append(stepped(*_cut_work(rule, net, tuple(t.detach() for t in states[b]), y, sg_kind)))
+            work = rule.cut_work(net, tuple(t.detach() for t in states[b]), y, sg_kind)
+            shapes[shape] = len(pieces) if work is not None else None
+            if work is not None:
+                pieces.append(stepped(*work))
     t = _timed(pieces, repeats, x.device)
-    return Costs(t[:n], t[n], t[n + 1], {b: t[shapes[net.state_shape_at(b)]] for b in cuts if shapes},
-                 t[n + 2:2 * n + 2] if rule == "replay" else [])
+    at_cut = {b: shapes[net.state_shape_at(b)] for b in cuts}
+    return Costs(t[:n], t[n], t[n + 1], {b: t[k] for b, k in at_cut.items() if k is not None},
+                 t[n + 2:2 * n + 2] if again else [])
 
 
-def _cut_work(rule, net, state, y, sg_kind):
-    """The work of ``rule`` at a cut whose state is ``state``, and the parameters it trains:
-    the module's one pass and regression (synthetic), or the local head's loss and
-    backward pass (local)."""
-    if rule == "synthetic":
-        module = SyntheticGradient(state[0].shape[1:], len(state), net.num_classes, conv=net.conv,
-                                   kind=sg_kind).to(state[0].device)
-
-        def work():
-            pred = module.start(state, y)
-            module.synthetic(pred, y)
-            module.loss(pred, y, state)[0].backward()
-        return work, list(module.parameters())
-    head = LocalHead(state[0].shape[1:], net.num_classes).to(state[0].device)
-    inp = state[0].requires_grad_()
-
-    def work():
-        F.cross_entropy(head(inp), y).backward()
-    return work, list(head.parameters())
-
-
-def choose_bounds(net, x, y, parts, *, mode="cost", rule="synthetic", sg_kind="linear", threads=1, multiple=1,
+def choose_bounds(net, x, y, parts, *, rule, mode="cost", sg_kind="linear", threads=1, multiple=1,
                   repeats=5):
     """The stages' layer ranges: ``even`` (N / parts layers each) or
     ``cost`` (balanced on the pieces' times under ``rule``, measured on one batch (x, y)

@@ -153,8 +153,8 @@ def _epoch(stage, data, cfg, epoch, hist, rec):
         check_finite(loss, stage.cnet.net, cfg.lr, epoch)
     epoch_record([] if stage.last else [stage], hist, epoch, loss, time.perf_counter() - t0)
     if loss is not None and cfg.verbose:
-        print(f"stage {stage.i}: epoch {epoch:3d}  {cfg.rule_in(epoch)}  loss {loss:.4f}  {hist['seconds'][-1]:.2f}s",
-              flush=True)
+        print(f"stage {stage.i}: epoch {epoch:3d}  {cfg.rule_in(epoch).name}  loss {loss:.4f}  "
+              f"{hist['seconds'][-1]:.2f}s", flush=True)
 
 
 def stage_worker(ctx, cnet, data, cfg: PipelineConfig):

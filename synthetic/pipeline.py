@@ -2,34 +2,33 @@
 transport.  ``train_serial`` runs every stage in this process over the loopback
 transport; ``synthetic.distributed.stage_worker`` runs one stage per process over
 torch.distributed.  Both run the same ``Stage`` code, so that with a deterministic rule
-(exact, delayed, replay, local) they give the same parameters.
+(all but synthetic, whose modules draw nothing at random either) they give the same
+parameters.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.devices import sync
 from models.training import OFF, Progress, check_finite, evaluate
 
 from .profile import StageProfile
-from .rules import CLASSES, RULES, make_rule
+from .rules import Rule, backprop, make_rule
 from .stage import Stage, run_together
 from .transport import Loopback
 
 
 @dataclass
 class PipelineConfig:
-    rule: str = "synthetic"  # one of rules.RULES
+    rule: Rule | str  # a rule (synthetic.rules), or a registered rule's name built with rule_options
     epochs: int = 10
     lr: float = 3e-3
-    sg_lr: float = 1e-3  # synthetic: the modules' learning rate (Adam)
     batch_size: int = 64
     optimizer: str = "adam"
-    max_in_flight: int = 1  # batches a stage may run ahead of its true gradients
-    shrink: float = 1.0  # delayed, replay: the late gradient's factor (FDG's shrinking)
-    exact_epochs: int = 0  # the last epochs use the exact rule (a hybrid finish)
-    teach: bool = False  # synthetic: apply the true gradients, the modules learning them
+    rule_options: dict = field(default_factory=dict)  # options of a rule given by name
+    exact_epochs: int = 0  # the last epochs backpropagate (a hybrid finish)
     seed: int = 0
     augment: bool = False  # stage 0 crops and flips its batches at random (datasets.augment)
     # one stage per process (synthetic.distributed)
@@ -44,41 +43,40 @@ class PipelineConfig:
     balance: str | None = None  # one stage per process: the ranks choose the cuts ("cost" or "even"; None: keep)
 
     def __post_init__(self):
-        if self.rule not in RULES:
-            raise ValueError(f"unknown RULE {self.rule!r}; valid: {', '.join(RULES)}")
+        if isinstance(self.rule, str):
+            self.rule = make_rule(self.rule, **self.rule_options)
 
     def rule_in(self, epoch):
-        """The rule of an epoch: the last ``exact_epochs`` are exact."""
-        return "exact" if epoch > self.epochs - self.exact_epochs else self.rule
-
-
-def _rule(cfg, name):
-    return make_rule(name, max_in_flight=cfg.max_in_flight, sg_lr=cfg.sg_lr, shrink=cfg.shrink, teach=cfg.teach)
+        """The rule of an epoch (a template that each stage copies): the last
+        ``exact_epochs`` backpropagate."""
+        return backprop() if epoch > self.epochs - self.exact_epochs else self.rule
 
 
 def make_stage(cnet, i, cfg, transport, profile):
-    return Stage(cnet, i, _rule(cfg, cfg.rule), transport, lr=cfg.lr, optimizer=cfg.optimizer, profile=profile)
+    return Stage(cnet, i, dataclasses.replace(cfg.rule), transport, lr=cfg.lr, optimizer=cfg.optimizer,
+                 profile=profile, seed=cfg.seed)
 
 
 def set_rule(stage, cfg, epoch):
     """The stage's rule for ``epoch`` (every stage switches at the same epoch boundary,
     when nothing is in flight)."""
-    name = cfg.rule_in(epoch)
-    stage.sends = CLASSES[name].sends_gradients
-    if not stage.last and stage.rule.name != name:
-        stage.rule = stage.rules.setdefault(name, _rule(cfg, name))
+    rule = cfg.rule_in(epoch)
+    stage.sends = rule.receives_gradients
+    if not stage.last and stage.rule.name != rule.name:
+        stage.rule = stage.rules.setdefault(rule.name, dataclasses.replace(rule))
         stage.rule.attach(stage)
 
 
 def epoch_record(cut_stages, hist, epoch, loss, seconds):
     """One epoch's entries: the loss, and for each of ``cut_stages`` (the stages before a
-    cut) its module's error (synthetic) or its local head's loss (local)."""
+    cut) the means of its rule's statistics (``Rule.stats``: a list per key, one value a
+    cut)."""
     means = [st.stats.means() for st in cut_stages]
     hist["epoch"].append(epoch)
     hist["loss"].append(loss)
     hist["seconds"].append(seconds)
-    for key, name in (("sg_mse", "mse"), ("sg_cos", "cos"), ("head_loss", "head_loss")):
-        hist.setdefault(key, []).append([m[name] for m in means if name in m])
+    for key in dict.fromkeys(k for st in cut_stages for rule in (st.primary, st.rule) for k in rule.stats):
+        hist.setdefault(key, []).append([m[key] for m in means if key in m])
 
 
 def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=None, on_epoch_end=None,
@@ -127,8 +125,8 @@ def train_serial(cnet, data, cfg: PipelineConfig, *, log=None, tag="", resume=No
         with recorder.paused():
             hist["test_acc"].append(evaluate(cnet, data.x_test, data.y_test))
         if log is not None:
-            log(f"{tag}epoch {epoch:3d}  {cfg.rule_in(epoch)}  loss {loss:.4f}  test acc {hist['test_acc'][-1]:.4f}  "
-                f"{seconds:.2f}s (theoretical {hist['theoretical_s'][-1]:.2f}s)")
+            log(f"{tag}epoch {epoch:3d}  {cfg.rule_in(epoch).name}  loss {loss:.4f}  "
+                f"test acc {hist['test_acc'][-1]:.4f}  {seconds:.2f}s (theoretical {hist['theoretical_s'][-1]:.2f}s)")
         if on_epoch_end is not None:
             on_epoch_end(epoch, lambda epoch=epoch: {"epoch": epoch, "model": cnet.state_dict(),
                                                      "stages": [st.state_dict() for st in stages],

@@ -6,9 +6,8 @@ from contextlib import contextmanager
 
 from models.devices import clock_for
 
-# kind -> category of the per-stage table
-CATEGORIES = {"forward": "compute", "backward": "compute", "module": "compute", "step": "compute",
-              "replay": "compute", "head": "compute",
+# kind -> category of the per-stage table; every other kind (a rule's own: Rule.kinds) is compute
+CATEGORIES = {"forward": "compute", "backward": "compute", "step": "compute",
               "wait input": "wait_input", "wait gradient": "wait_gradient", "send": "communication"}
 BUSY = ("compute",)
 IDLE = ("wait_input", "wait_gradient")
@@ -44,8 +43,6 @@ class StageProfile:
 
     @contextmanager
     def __call__(self, kind):
-        if kind not in CATEGORIES:
-            raise KeyError(f"unknown kind of stage work {kind!r}; known: {', '.join(CATEGORIES)}")
         t0 = self.clock.mark()
         try:
             yield
@@ -60,7 +57,7 @@ class StageProfile:
             kind, batch, t0, t1 = self._open.popleft()
             if wait:
                 clock.wait(t1)
-            self.seconds[kind] += clock.seconds(t0, t1)
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + clock.seconds(t0, t1)
             if batch < self.timeline_batches:
                 self.events.append((kind, batch, clock.seconds(self.origin, t0), clock.seconds(self.origin, t1)))
 
@@ -76,7 +73,8 @@ class StageProfile:
         self._read(wait=True)
         by_cat = {}
         for kind, s in self.seconds.items():
-            by_cat[CATEGORIES[kind]] = by_cat.get(CATEGORIES[kind], 0.0) + s
+            category = CATEGORIES.get(kind, "compute")
+            by_cat[category] = by_cat.get(category, 0.0) + s
         busy = sum(by_cat.get(c, 0.0) for c in BUSY)
         idle = sum(by_cat.get(c, 0.0) for c in IDLE)
         comm = by_cat.get("communication", 0.0)

@@ -17,13 +17,23 @@ an epoch, so that an epoch ends with every batch's gradient applied.
     local      g^t = d/dtheta_i CE(H_i(h_i^t), y^t) with a small classifier H_i of the
                stage's own (DGL): nothing travels back
 
-A rule is a small class: ``forward`` (the stage's forward pass, with what the rule keeps
-of it), ``after_forward`` and ``drain`` (generators: a stage waiting for a gradient
-yields); ``parameters``/``state_dict``/``load_state_dict`` for what it trains itself.
+A rule is one class, registered by name (``register``): a dataclass whose fields are its
+options (``option``: a default, a one-line help and a check; the scripts' command line,
+their checks and the race take them from here), ``receives_gradients`` (whether true
+gradients travel back to it: every rule says so itself), ``after_forward`` (a generator:
+a stage waiting for a gradient yields) and, as it needs them, ``forward`` (the stage's
+forward pass, with what the rule keeps of it), ``drain``, ``parameters`` and
+``net_parameters`` (what it trains itself), ``state_dict``/``load_state_dict``,
+``kinds`` and ``stats`` (its names in the stage's profile and history) and its costs for
+the balancer (``cut_work``, ``forward_passes``).  docs/DESIGN.md shows how to add one.
 """
 from __future__ import annotations
 
+import abc
+import dataclasses
 from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +42,59 @@ from torch.func import functional_call
 
 from models.training import make_optimizer
 
+from .modules import SyntheticGradient
 
-class Rule:
-    """Backprop through the pipeline: the stage waits for the true gradient of its batch."""
+REGISTRY = {}  # name -> rule class
 
-    name = "exact"
-    sends_gradients = True  # true gradients travel back to this stage
+
+def option(default, help, check=None):
+    """A rule's option: a dataclass field with its default, a one-line help and a check
+    (``check(value)`` returns what is wrong, or None)."""
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def at_least(low):
+    return lambda v: None if v >= low else f"must be >= {low}, got {v}"
+
+
+def positive(v):
+    return None if v > 0 else f"must be > 0, got {v}"
+
+
+def register(cls):
+    """Make ``cls`` a rule the scripts know by its ``name``.  A rule says itself whether
+    true gradients travel back to it (``receives_gradients`` in its own class body)."""
+    if "receives_gradients" not in cls.__dict__:
+        raise TypeError(f"rule {cls.__name__} must say whether it receives true gradients (receives_gradients)")
+    if not isinstance(cls.__dict__.get("name"), str):
+        raise TypeError(f"rule {cls.__name__} needs a name")
+    REGISTRY[cls.name] = cls
+    RULES[:] = list(REGISTRY)
+    return cls
+
+
+def unregister(name):
+    """Forget the rule ``name`` (a test's toy rule)."""
+    REGISTRY.pop(name, None)
+    RULES[:] = list(REGISTRY)
+
+
+@dataclass
+class Rule(abc.ABC):
+    """What a pipeline stage (every stage but the last) does with a batch after its
+    forward pass.  Subclasses declare ``name`` and ``receives_gradients`` and implement
+    ``after_forward``; their dataclass fields are their options (``option``)."""
+
+    name: ClassVar[str]
+    receives_gradients: ClassVar[bool]  # true gradients travel back to this stage
+    kinds: ClassVar[tuple] = ()  # the kinds of work it adds to the stage's profile (``stage.prof(kind)``)
+    stats: ClassVar[tuple] = ()  # the per-cut statistics it adds (``stage.stats.add``), history keys
+    forward_passes: ClassVar[int] = 1  # forward passes of the stage's layers per batch (the balancer's cost)
+
+    def __init_subclass__(cls, **kwargs):
+        """Every rule is a dataclass of its options, wherever its module is imported."""
+        super().__init_subclass__(**kwargs)
+        dataclass(cls)
 
     def attach(self, stage):
         """Called once by the stage; creates what the rule trains itself."""
@@ -46,16 +103,20 @@ class Rule:
         """Parameters the rule adds to the stage's optimiser (a local head)."""
         return []
 
+    def net_parameters(self):
+        """Parameters of the network (ComplexNet) that this rule trains with its own
+        optimiser (a synthetic-gradient module)."""
+        return []
+
     def forward(self, stage, inp, labels):
         return stage.forward(inp)
 
+    @abc.abstractmethod
     def after_forward(self, stage, b, inp, out, labels):
-        grad = yield from stage.true_gradient(b)
-        stage.backward(out, grad)
-        stage.send_input_grad(b, inp)
-        stage.step()
+        """A generator: the rest of batch b's work on this stage after ``forward``."""
 
     def drain(self, stage):
+        """A generator: what the stage still owes at the end of an epoch."""
         return
         yield
 
@@ -65,26 +126,69 @@ class Rule:
     def load_state_dict(self, state):
         pass
 
+    def cut_work(self, net, state, y, sg_kind):
+        """The balancer's cost of what the rule adds at a cut whose state is ``state``:
+        (work, the parameters it steps), or None for nothing."""
+        return None
 
-Exact = Rule
+    def options(self):
+        """{option name: value}."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+RULES = []  # the registered rules' names, in registration order
+
+
+@register
+class Exact(Rule):
+    """Backprop through the pipeline: the stage waits for the true gradient of its batch."""
+
+    name = "exact"
+    receives_gradients = True
+
+    def after_forward(self, stage, b, inp, out, labels):
+        grad = yield from stage.true_gradient(b)
+        stage.backward(out, grad)
+        stage.send_input_grad(b, inp)
+        stage.step()
+
+
+def backprop():
+    """The rule of the last stage and of a hybrid finish's exact epochs."""
+    return Exact()
+
+
+IN_FLIGHT_HELP = "batches a stage may run ahead of its true gradients (delayed and replay: the delay k)"
+
+
+@register
 class Synthetic(Rule):
-    """cDNI (Jaderberg et al.): the stage steps at once on its module's prediction
-    S(h_i^t, y^t); the module regresses on delta^t, min ||S - B delta^t||^2, when it
-    arrives (at most ``max_in_flight`` batches later).  With ``teach`` the stage waits
+    """cDNI (Jaderberg et al. 2016): the stage steps at once on its module's prediction
+    S(h_i^t, y^t); the module regresses on delta^t, min ||S - B delta^t||^2,
+    ``max_in_flight`` = k batches later (or at the epoch's end), whenever delta^t arrived,
+    so that a run's arithmetic does not depend on the messages' timing.  With ``teach`` the stage waits
     for delta^t and applies it, the module still regressing on it (the coarse level of
     the multilevel scheme: backprop that teaches the modules)."""
 
     name = "synthetic"
+    receives_gradients = True
+    kinds = ("module",)
+    stats = ("sg_mse", "sg_cos")
 
-    def __init__(self, max_in_flight=1, sg_lr=1e-3, teach=False):
-        self.max_in_flight, self.sg_lr, self.teach = max_in_flight, sg_lr, teach
+    max_in_flight: int = option(1, IN_FLIGHT_HELP, at_least(1))
+    sg_learn_rate: float = option(1e-3, "learning rate of the synthetic-gradient modules (Adam)", positive)
+    teach: bool = field(default=False, metadata={"help": "apply the true gradients, the modules learning them",
+                                                 "cli": False})
+
+    def __post_init__(self):
         self.pending = deque()
 
     def attach(self, stage):
         self.module = stage.cnet.sg[stage.i]
-        self.opt = make_optimizer("adam", self.module.parameters(), self.sg_lr)
+        self.opt = make_optimizer("adam", self.module.parameters(), self.sg_learn_rate)
+
+    def net_parameters(self):
+        return list(self.module.parameters())
 
     def after_forward(self, stage, b, inp, out, labels):
         state = tuple(t.detach() for t in out)
@@ -101,7 +205,7 @@ class Synthetic(Rule):
         if self.teach:
             return
         self.pending.append((b, pred, labels))
-        while self.pending and (len(self.pending) > self.max_in_flight or stage.has_gradient(self.pending[0][0])):
+        while len(self.pending) > self.max_in_flight:  # exactly k batches late: serial = distributed
             yield from self._regress_pending(stage)
 
     def _regress_pending(self, stage):
@@ -115,7 +219,7 @@ class Synthetic(Rule):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            stage.stats.add(mse=mse, cos=cos)
+            stage.stats.add(sg_mse=mse, sg_cos=cos)
 
     def drain(self, stage):
         while self.pending:
@@ -127,7 +231,18 @@ class Synthetic(Rule):
     def load_state_dict(self, state):
         self.opt.load_state_dict(state["sg_optimizer"])
 
+    def cut_work(self, net, state, y, sg_kind):
+        module = SyntheticGradient(state[0].shape[1:], len(state), net.num_classes, conv=net.conv,
+                                   kind=sg_kind).to(state[0].device)
 
+        def work():
+            pred = module.start(state, y)
+            module.synthetic(pred, y)
+            module.loss(pred, y, state)[0].backward()
+        return work, list(module.parameters())
+
+
+@register
 class Delayed(Rule):
     """The true gradient applied ``max_in_flight`` = k batches late, at the weights its
     forward pass used: theta <- step(theta, (dh^{t-k}/dtheta |theta^{t-k})^T beta delta^{t-k}),
@@ -136,9 +251,12 @@ class Delayed(Rule):
     parameters take their steps; the gradient on the copy is the parameters'."""
 
     name = "delayed"
+    receives_gradients = True
 
-    def __init__(self, max_in_flight=1, shrink=1.0):
-        self.max_in_flight, self.shrink = max_in_flight, shrink
+    max_in_flight: int = option(1, IN_FLIGHT_HELP, at_least(1))
+    shrink: float = option(1.0, "factor of the late gradient (FDG's shrinking; 1: none)", positive)
+
+    def __post_init__(self):
         self.pending = deque()
         self.free = []  # stashes whose batch is done: reused, so that no batch allocates one
 
@@ -182,13 +300,17 @@ class Delayed(Rule):
             yield from self._apply(stage)
 
 
+@register
 class Replay(Delayed):
-    """Features Replay: the true gradient applied k batches late at the current weights,
-    theta <- step(theta, (dh^{t-k}/dtheta |theta)^T beta delta^{t-k}): the stage keeps the
-    input of batch t - k and runs its forward pass again when delta^{t-k} arrives.  No
-    stash; one more forward pass per batch."""
+    """Features Replay (Huo et al. 2018): the true gradient applied k batches late at the
+    current weights, theta <- step(theta, (dh^{t-k}/dtheta |theta)^T beta delta^{t-k}): the
+    stage keeps the input of batch t - k and runs its forward pass again when
+    delta^{t-k} arrives.  No stash; one more forward pass per batch."""
 
     name = "replay"
+    receives_gradients = True
+    kinds = ("replay",)
+    forward_passes = 2
 
     def forward(self, stage, inp, labels):
         with torch.no_grad():
@@ -223,17 +345,26 @@ class LocalHead(nn.Module):
         return self.linear(self.pool(y).flatten(1))
 
 
+
+@register
 class Local(Rule):
-    """DGL: the stage trains on the loss of a small classifier of its own at its output,
-    theta_i, H_i <- step(d/d(theta_i, H_i) CE(H_i(Y_i^t), y^t)); no gradient travels back."""
+    """DGL (Belilovsky et al. 2020): the stage trains on the loss of a small classifier of
+    its own at its output, theta_i, H_i <- step(d/d(theta_i, H_i) CE(H_i(Y_i^t), y^t)); no
+    gradient travels back."""
 
     name = "local"
-    sends_gradients = False
+    receives_gradients = False
+    kinds = ("head",)
+    stats = ("head_loss",)
 
     def attach(self, stage):
         net = stage.cnet.net
-        self.head = LocalHead(stage.cnet.cut_shape(stage.i), net.num_classes).to(
-            device=next(net.parameters()).device, dtype=next(net.parameters()).dtype)
+        self.head = LocalHead(stage.cnet.cut_shape(stage.i), net.num_classes)
+        generator, bound = stage.generator(), self.head.linear.in_features ** -0.5  # torch's Linear default
+        with torch.no_grad():  # drawn from the stage's generator: the same in every process
+            for p in self.head.parameters():
+                p.uniform_(-bound, bound, generator=generator)
+        self.head.to(device=next(net.parameters()).device, dtype=next(net.parameters()).dtype)
 
     def parameters(self):
         return list(self.head.parameters())
@@ -254,17 +385,36 @@ class Local(Rule):
     def load_state_dict(self, state):
         self.head.load_state_dict(state["head"])
 
+    def cut_work(self, net, state, y, sg_kind):
+        head = LocalHead(state[0].shape[1:], net.num_classes).to(state[0].device)
+        inp = state[0].requires_grad_()
 
-CLASSES = {"exact": Exact, "synthetic": Synthetic, "delayed": Delayed, "replay": Replay, "local": Local}
-RULES = tuple(CLASSES)
+        def work():
+            F.cross_entropy(head(inp), y).backward()
+        return work, list(head.parameters())
 
 
-def make_rule(name, *, max_in_flight=1, sg_lr=1e-3, shrink=1.0, teach=False):
-    """A rule by name (RULES) with its options."""
-    if name not in CLASSES:
-        raise ValueError(f"unknown RULE {name!r}; valid: {', '.join(RULES)}")
-    if name == "synthetic":
-        return Synthetic(max_in_flight, sg_lr, teach)
-    if name in ("delayed", "replay"):
-        return CLASSES[name](max_in_flight, shrink)
-    return CLASSES[name]()
+def rule_class(name):
+    """The registered rule called ``name`` (ValueError naming the valid ones)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown RULE {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def cli_options():
+    """{option name: (its dataclass field, the names of the rules that have it)} over every
+    registered rule: the options the scripts take on their command line."""
+    found = {}
+    for name, cls in REGISTRY.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("cli", True):
+                found.setdefault(f.name, (f, []))[1].append(name)
+    return found
+
+
+def make_rule(name, **options):
+    """The rule ``name`` with those of ``options`` that it declares (the others belong to
+    other rules and are ignored)."""
+    cls = rule_class(name)
+    own = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in options.items() if k in own})

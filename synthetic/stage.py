@@ -16,7 +16,7 @@ from datasets.batching import batch_bounds, epoch_batches
 from models.training import make_optimizer
 
 from .complex import input_grads
-from .rules import Exact
+from .rules import backprop
 
 
 class StagePiece(nn.Module):
@@ -54,16 +54,22 @@ class Stage:
     classifier and the loss on the last), an optimiser over them and what the rule adds,
     and the rule (every stage but the last; the last backpropagates its loss)."""
 
-    def __init__(self, cnet, i, rule, transport, *, lr, optimizer="adam", profile):
+    def __init__(self, cnet, i, rule, transport, *, lr, optimizer="adam", profile, seed=0):
         self.cnet, self.i, self.last = cnet, i, i == cnet.num_stages - 1
+        self.seed = seed  # the run's: what a rule initialises draws from it and the stage (``generator``)
         self.piece = StagePiece(cnet, i)
         self.params = cnet.stage_parameters(i)
         self.transport, self.prof, self.stats = transport, profile, Stats()
-        self.sends = rule.sends_gradients  # whether this stage sends the gradient at its input back
-        self.rule = self.primary = Exact() if self.last else rule
-        self.rules = {self.rule.name: self.rule}  # the rule of the run, and exact for a hybrid finish
+        self.sends = rule.receives_gradients  # whether this stage sends the gradient at its input back
+        self.rule = self.primary = backprop() if self.last else rule
+        self.rules = {self.rule.name: self.rule}  # the rule of the run, and backprop for a hybrid finish
         self.rule.attach(self)
         self.opt = make_optimizer(optimizer, self.params + self.rule.parameters(), lr)
+
+    def generator(self):
+        """A generator of the run's seed and this stage: a rule's own initialisation is the
+        same whichever process the stage runs in."""
+        return torch.Generator().manual_seed(1_000_003 * self.seed + self.i)
 
     def named_parameters(self):
         """The stage's parameters by their names in ``piece``."""
@@ -71,9 +77,9 @@ class Stage:
         return {n: p for n, p in self.piece.named_parameters() if id(p) in mine}
 
     def owned(self):
-        """Ids of the parameters of ``cnet`` this stage trains (its layers and its module)."""
-        module = getattr(self.primary, "module", None)
-        return set(map(id, self.params)) | set(map(id, module.parameters() if module is not None else ()))
+        """Ids of the parameters of ``cnet`` this stage trains (its layers, and its rule's:
+        a synthetic-gradient module)."""
+        return set(map(id, self.params)) | set(map(id, self.primary.net_parameters()))
 
     # ---- the pieces of work a rule puts together ---------------------------------------
     def forward(self, inp, kind="forward"):
@@ -92,9 +98,6 @@ class Stage:
     def true_gradient(self, b):
         """The gradient at the stage's output for batch b (waits for it)."""
         return (yield from self.transport.recv_grad(b))
-
-    def has_gradient(self, b):
-        return self.transport.has_grad(b)
 
     def send_input_grad(self, b, inp):
         if self.i > 0 and self.sends:
@@ -115,7 +118,7 @@ class Stage:
             return loss.detach()
         out = self.rule.forward(self, inp, labels)
         self.transport.send_state(b, out, labels)
-        if self.rule.sends_gradients:
+        if self.rule.receives_gradients:
             self.transport.expect_grad(b, len(labels))
         yield from self.rule.after_forward(self, b, inp, out, labels)
 

@@ -76,9 +76,6 @@ class _LoopbackEnd:
         self.hub.sent["gradient"] += 1
         self.hub.moves += 1
 
-    def has_grad(self, b):
-        return b in self.hub.grads[self.rank]
-
     def recv_grad(self, b):
         while b not in self.hub.grads[self.rank]:
             yield
@@ -135,9 +132,6 @@ class PointToPoint:
         with self.prof("send"):
             self._isend(pack(grads).to(self.wire), self.rank - 1, TAG_GRAD)
         self.sent["gradient"] += 1
-
-    def has_grad(self, b):
-        return self.grad_recvs[b][1].is_completed()
 
     def recv_grad(self, b):
         buf, work = self.grad_recvs.pop(b)

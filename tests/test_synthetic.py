@@ -90,7 +90,8 @@ def test_true_gradients_through_the_cuts_equal_backprop(arch, stages):
 def test_synthetic_gradient_training_learns_digits_serially():
     data = datasets.load("DIGITS")
     cnet = digits_net(layers=8)
-    hist = train_serial(cnet, data, PipelineConfig(rule="synthetic", epochs=8, lr=3e-3, sg_lr=1e-3))
+    hist = train_serial(cnet, data, PipelineConfig(rule="synthetic", epochs=8, lr=3e-3,
+                                                   rule_options={"sg_learn_rate": 1e-3}))
     assert evaluate(cnet, data.x_test, data.y_test) >= 0.9 and hist["test_acc"][-1] >= 0.9
     assert hist["theoretical_s"][-1] < hist["seconds"][-1] and hist["sg_cos"][-1][0] > 0.2
 
@@ -113,9 +114,9 @@ def test_prolonging_the_sub_networks_keeps_the_output_close(conv):
 def test_a_balanced_two_process_run_reaches_090_on_digits_and_accounts_its_time():
     data = datasets.load("DIGITS")
     cnet = digits_net(layers=8)
-    bounds, costs = choose_bounds(cnet.net, data.x_train[:64], data.y_train[:64], 2, threads=1)
+    bounds, costs = choose_bounds(cnet.net, data.x_train[:64], data.y_train[:64], 2, rule="synthetic", threads=1)
     cnet = cnet.with_bounds(bounds)
-    out = launch(stage_worker, 2, (cnet, data, PipelineConfig(epochs=8, verbose=False)), threads=1)
+    out = launch(stage_worker, 2, (cnet, data, PipelineConfig(rule="synthetic", epochs=8, verbose=False)), threads=1)
     assert [tuple(b) for b in out["bounds"]] == bounds
     cnet.load_state_dict(out["state_dict"])
     assert evaluate(cnet, data.x_test, data.y_test) >= 0.9
@@ -198,7 +199,7 @@ def test_a_cost_balanced_complex_network_with_true_gradients_equals_backprop():
     data = datasets.load("DIGITS")
     torch.manual_seed(0)
     net = build_model("verlet", (1, 8, 8), 10, 6, 0.5, conv=True, units=(2, 3))
-    costs = measure_costs(net, data.x_train[:32], data.y_train[:32], repeats=2)
+    costs = measure_costs(net, data.x_train[:32], data.y_train[:32], rule="synthetic", repeats=2)
     assert len(costs.layers) == 6 and min(costs.layers) > 0 and set(costs.cuts) == set(range(1, 6))
     cnet = ComplexNet(net, 3).with_bounds([(0, 1), (1, 2), (2, 6)])  # uneven, one cut at the connective
     assert [m.state_shape for m in cnet.sg] == [(2, 8, 8), (2, 8, 8)]
