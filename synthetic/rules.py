@@ -158,7 +158,17 @@ def backprop():
     return Exact()
 
 
-IN_FLIGHT_HELP = "batches a stage may run ahead of its true gradients (delayed and replay: the delay k)"
+IN_FLIGHT_HELP = ("batches a stage runs ahead of its true gradients (delayed and replay: the delay k); 0: the "
+                  "delay of a busy pipeline of M devices, M - 1 - i at stage i")
+
+
+def in_flight(max_in_flight, stage):
+    """A stage's delay k: ``max_in_flight``, or with 0 the delay that keeps every device of
+    a pipeline of M stages busy: the true gradient of stage i's batch returns after the
+    forward passes of stages i+1 ... M-1 and the backward passes back, about M - 1 - i
+    batches later (PipeDream's 1F1B), so that a run in one process (loopback) has the
+    staleness of the pipeline on M devices."""
+    return max_in_flight or max(stage.cnet.num_stages - 1 - stage.i, 1)
 
 
 @register
@@ -175,7 +185,7 @@ class Synthetic(Rule):
     kinds = ("module",)
     stats = ("sg_mse", "sg_cos")
 
-    max_in_flight: int = option(1, IN_FLIGHT_HELP, at_least(1))
+    max_in_flight: int = option(0, IN_FLIGHT_HELP, at_least(0))
     sg_learn_rate: float = option(1e-3, "learning rate of the synthetic-gradient modules (Adam)", positive)
     teach: bool = field(default=False, metadata={"help": "apply the true gradients, the modules learning them",
                                                  "cli": False})
@@ -184,6 +194,7 @@ class Synthetic(Rule):
         self.pending = deque()
 
     def attach(self, stage):
+        self.k = in_flight(self.max_in_flight, stage)
         self.module = stage.cnet.sg[stage.i]
         self.opt = make_optimizer("adam", self.module.parameters(), self.sg_learn_rate)
 
@@ -205,7 +216,7 @@ class Synthetic(Rule):
         if self.teach:
             return
         self.pending.append((b, pred, labels))
-        while len(self.pending) > self.max_in_flight:  # exactly k batches late: serial = distributed
+        while len(self.pending) > self.k:  # exactly k batches late: serial = distributed
             yield from self._regress_pending(stage)
 
     def _regress_pending(self, stage):
@@ -244,7 +255,7 @@ class Synthetic(Rule):
 
 @register
 class Delayed(Rule):
-    """The true gradient applied ``max_in_flight`` = k batches late, at the weights its
+    """The true gradient applied k batches late (``max_in_flight``; ``in_flight``), at the weights its
     forward pass used: theta <- step(theta, (dh^{t-k}/dtheta |theta^{t-k})^T beta delta^{t-k}),
     beta = ``shrink`` (FDG's gradient shrinking; 1: none).  The forward pass runs on a
     copy of the stage's parameters (the stash), so its graph stays valid while the
@@ -253,7 +264,7 @@ class Delayed(Rule):
     name = "delayed"
     receives_gradients = True
 
-    max_in_flight: int = option(1, IN_FLIGHT_HELP, at_least(1))
+    max_in_flight: int = option(0, IN_FLIGHT_HELP, at_least(0))
     shrink: float = option(1.0, "factor of the late gradient (FDG's shrinking; 1: none)", positive)
 
     def __post_init__(self):
@@ -261,6 +272,7 @@ class Delayed(Rule):
         self.free = []  # stashes whose batch is done: reused, so that no batch allocates one
 
     def attach(self, stage):
+        self.k = in_flight(self.max_in_flight, stage)
         self.names = stage.named_parameters()
 
     def forward(self, stage, inp, labels):
@@ -277,7 +289,7 @@ class Delayed(Rule):
 
     def after_forward(self, stage, b, inp, out, labels):
         self.pending.append((b, inp, out, self.stash))
-        while len(self.pending) > self.max_in_flight:
+        while len(self.pending) > self.k:
             yield from self._apply(stage)
 
     def _late(self, grad):
@@ -318,7 +330,7 @@ class Replay(Delayed):
 
     def after_forward(self, stage, b, inp, out, labels):
         self.pending.append((b, inp))
-        while len(self.pending) > self.max_in_flight:
+        while len(self.pending) > self.k:
             yield from self._apply(stage)
 
     def _apply(self, stage):

@@ -85,9 +85,9 @@ def test_one_process_and_several_give_the_same_parameters(rule):
     data, net = digits(), network()
     bounds = [(0, 2), (2, 4), (4, 6)]
     serial = ComplexNet(copy.deepcopy(net), 3, bounds=bounds)
-    options = {"max_in_flight": 2}
-    train_serial(serial, data, PipelineConfig(rule=rule, epochs=2, lr=3e-3, rule_options=options))
-    cnet, _ = _distributed(net, 3, bounds, data, rule=rule, epochs=2, lr=3e-3, rule_options=options)
+    # the rules' default delay: that of a busy pipeline, 2 batches at stage 0 and 1 at stage 1
+    train_serial(serial, data, PipelineConfig(rule=rule, epochs=2, lr=3e-3))
+    cnet, _ = _distributed(net, 3, bounds, data, rule=rule, epochs=2, lr=3e-3)
     assert_same(cnet.net, serial.net)
     assert rule == "exact" or not torch.allclose(cnet.net.K[0], backprop(net, data, 2).K[0])
 

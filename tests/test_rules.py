@@ -88,3 +88,22 @@ def test_a_registered_rule_trains_alike_serially_and_on_two_processes(tmp_path):
     b = json.loads((dist_dir / "metrics.json").read_text())["history"]["distributed"]
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert [n[0] for n in b["toy_grad_norm"]] == pytest.approx([n[0] for n in a["toy_grad_norm"]], rel=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["synthetic", "delayed", "replay"])
+def test_the_default_delay_is_that_of_a_busy_pipeline_of_m_stages(rule):
+    """MAX_IN_FLIGHT = 0: stage i of M runs M - 1 - i batches ahead of its true gradients."""
+    import torch
+
+    from models import build_model
+    from synthetic import ComplexNet, PipelineConfig
+    from synthetic.pipeline import make_stage
+    from synthetic.profile import StageProfile
+    from synthetic.transport import Loopback
+
+    cnet = ComplexNet(build_model("verlet", (1, 8, 8), 10, 8, 0.5), 4)
+    hub = Loopback()
+    for options, delays in (({}, [3, 2, 1]), ({"max_in_flight": 2}, [2, 2, 2])):
+        cfg = PipelineConfig(rule=rule, rule_options=options)
+        stages = [make_stage(cnet, i, cfg, hub.endpoint(i), StageProfile(torch.device("cpu"))) for i in range(3)]
+        assert [st.rule.k for st in stages] == delays
