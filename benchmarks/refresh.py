@@ -200,7 +200,12 @@ TABLES = (
           tuple(["python", f"scripts/{s}Test.py", "--dataset", "FASHION", "--conv", "1"]
                 for s in ("res", "verlet", "anti", "leap")),
           ("scripts/resTest.py", "scripts/verletTest.py", "scripts/antiTest.py", "scripts/leapTest.py",
-           "harness/fit_experiments.py", *TRAINING), render=render_conv),
+           "harness/fit_experiments.py", "harness/experiment.py", *TRAINING), render=render_conv),
+    Table("conv-small", "### A small training set",
+          tuple(["python", f"scripts/{s}Test.py", "--dataset", "FASHION", "--conv", "1", "--train-samples", "4000"]
+                for s in ("res", "verlet", "anti", "leap")),
+          ("scripts/resTest.py", "scripts/verletTest.py", "scripts/antiTest.py", "scripts/leapTest.py",
+           "harness/fit_experiments.py", "harness/experiment.py", *TRAINING), render=render_conv),
     Table("stability", "## Stability", (["python", "scripts/stability.py"],),
           ("scripts/stability.py", "harness/stability_experiments.py", "models/stability.py", "models/base.py",
            "models/architectures.py", "models/training.py"), render=render_stability),

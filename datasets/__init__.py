@@ -60,6 +60,11 @@ class Data:
     y_test: torch.Tensor
     info: DataInfo
 
+    def head(self, n):
+        """The first ``n`` training samples (all with 0 or more than there are), the test set whole."""
+        n = min(n or len(self.y_train), len(self.y_train))
+        return Data(self.x_train[:n].clone(), self.y_train[:n].clone(), self.x_test, self.y_test, self.info)
+
     def to(self, device):
         return Data(self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
                     self.y_test.to(device), self.info)

@@ -100,7 +100,8 @@ class GroupFields:
 @dataclass(frozen=True, kw_only=True)
 class ArchitectureRun(NetworkFields, TrainingFields, ResumableFields, RunConfig):
     """One architecture trained by backprop (the four architecture scripts)."""
-    LR_SCHEDULE: str = "cosine"
+    TRAIN_SAMPLES: int = 0
+    LR_SCHEDULE: str = "halvings:5"
     REG_F: bool = False
     ALPHA_F: float = 1e-3
     REG_C: bool = False

@@ -54,6 +54,7 @@ def load_data(cfg, device=None, log=print):
                              **{k.lower(): getattr(cfg, k) for k in TOY_SIZES if hasattr(cfg, k)})
     except datasets.DatasetNotFound as exc:
         raise UsageError(str(exc)) from None
+    data = data.head(getattr(cfg, "TRAIN_SAMPLES", 0))  # the families that take a subset
     return data.to(device) if device is not None else data
 
 

@@ -370,13 +370,10 @@ def seeds_of(cfg):
 
 
 def _subset(data, cfg):
-    """TRAIN_SAMPLES training images (0: all), a whole number of batches."""
-    import datasets
-
-    n = min(cfg.TRAIN_SAMPLES or len(data.y_train), len(data.y_train))
-    n -= n % cfg.BATCH_SIZE
+    """The TRAIN_SAMPLES training images (``load_data``) cut to a whole number of batches."""
+    n = len(data.y_train) - len(data.y_train) % cfg.BATCH_SIZE
     check(n > 0, f"BATCH_SIZE {cfg.BATCH_SIZE} is larger than the {len(data.y_train)} training samples")
-    return datasets.Data(data.x_train[:n].clone(), data.y_train[:n].clone(), data.x_test, data.y_test, data.info)
+    return data.head(n)
 
 
 def _columns(curve):

@@ -73,6 +73,7 @@ def make_optimizer(name, params, lr):
 def schedule_factor(schedule, total_steps, steps_per_epoch):
     """The learning rate's factor at step t of a run of ``total_steps`` optimiser steps:
 
+        halvings:H 0.5 ** floor(H t / total_steps): halved H times, at equal fractions of the run
         cosine     (1 + cos(pi t / total_steps)) / 2, from 1 at the first step towards 0 at the last
         constant   1
         halve:K    0.5 ** floor(t / (K steps_per_epoch)), halved every K epochs
@@ -83,11 +84,13 @@ def schedule_factor(schedule, total_steps, steps_per_epoch):
         return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total_steps) / max(total_steps, 1)))
     if text == "constant":
         return lambda t: 1.0
-    kind, _, every = text.partition(":")
-    if kind == "halve" and every.isdigit() and int(every) >= 1:
-        return lambda t: 0.5 ** (t // (int(every) * steps_per_epoch))
-    raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: cosine, constant, halve:K "
-                     "(halved every K epochs)")
+    kind, _, count = text.partition(":")
+    if kind == "halvings" and count.isdigit():
+        return lambda t: 0.5 ** (int(count) * min(t, total_steps - 1) // max(total_steps, 1))
+    if kind == "halve" and count.isdigit() and int(count) >= 1:
+        return lambda t: 0.5 ** (t // (int(count) * steps_per_epoch))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: halvings:H (H halvings over the run), "
+                     "cosine, constant, halve:K (halved every K epochs)")
 
 
 def check_finite(mean_loss, model, lr, epoch):

@@ -14,6 +14,7 @@ from harness.entry import run  # noqa: E402
 from harness.fit_experiments import train_single  # noqa: E402
 
 DATASET = "MNIST"  # MNIST, FASHION, CIFAR10, DIGITS, ELLIPSE or SWISS
+TRAIN_SAMPLES = 0  # the first TRAIN_SAMPLES training images (0: all); the test set whole
 CHOICE = "leapfrog"  # architecture: r/resnet, a/antisymmetric, v/verlet, l/leapfrog
 CONV = False  # 3x3 convolutional layers instead of dense ones (image sets only)
 N = 6  # number of layers (conv: shared out among the UNITS, 2 + 2 + 2 for 6 in 3 units)
@@ -24,7 +25,7 @@ WIDTH = 0  # dense state width, at least the input's features: smaller inputs ar
 UNITS = "8,16,32"  # conv: channels of each unit, joined by 3x3 conv + 2x2 pooling (one value: a single block)
 LEARN_RATE = 3e-3  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
-LR_SCHEDULE = "cosine"  # over the run's steps: cosine (to 0 at the last), constant, or halve:K (every K epochs)
+LR_SCHEDULE = "halvings:5"  # over the run's steps: halvings:H (H halvings at equal fractions), cosine, constant
 EPOCHS = 10  # training epochs
 BATCH_SIZE = 64  # mini-batch size
 AUGMENT = "auto"  # random crops (padding 4) and flips of the training batches: auto (CIFAR10 only), 1 or 0

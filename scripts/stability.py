@@ -23,7 +23,7 @@ FINAL_TIME = 4.0  # T = N h, the same for every depth
 EPOCHS = 8  # training epochs at every depth
 LEARN_RATE = 3e-3  # learning rate
 OPTIMIZER = "adam"  # adam or sgd
-LR_SCHEDULE = "constant"  # over the run's steps: cosine (to 0 at the last), constant, or halve:K (every K epochs)
+LR_SCHEDULE = "constant"  # over the run's steps: halvings:H (H halvings at equal fractions), cosine, constant, halve:K
 BATCH_SIZE = 64  # mini-batch size
 GAMMA = 0.01  # diffusion gamma of the antisymmetric network
 ACTIVATION = "tanh"  # tanh, relu or identity (a linear network)

@@ -55,3 +55,16 @@ def test_a_seed_makes_a_run_repeatable():
 
     (l1, p1), (l2, p2) = once(), once()
     assert l1 == l2 and all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+def test_a_schedule_over_the_runs_steps_ends_with_the_run():
+    from models.training import schedule_factor
+
+    halvings, every_two = schedule_factor("halvings:5", 40, 4), schedule_factor("halve:2", 40, 4)
+    assert [halvings(t) for t in range(41)] == [every_two(min(t, 39)) for t in range(41)]  # 10 epochs of 4 batches
+    longer = schedule_factor("halvings:5", 400, 4)  # 100 epochs: still 5 halvings, the last at 80 % of the run
+    assert longer(319) == 0.5 ** 3 and longer(320) == 0.5 ** 4 and longer(400) == 0.5 ** 4
+    cosine = schedule_factor("cosine", 100, 10)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="halvings:H"):
+        schedule_factor("halvings", 10, 1)
