@@ -96,6 +96,29 @@ def render_conv(out):
     return _rows(("network", "test accuracy", "train accuracy", "training time", "per epoch"), rows)
 
 
+def render_race(out):
+    """Each race: per trainer, time per epoch, final test accuracy (mean, range over the
+    seeds), time to the target per seed and on the mean, and against backprop on every core."""
+    tables = []
+    for k in range(out.count):
+        r = out.result(k)
+        seeds = len(r["targets"])
+        rows = []
+        for t, s in r["summary"].items():
+            acc = f"{s['final_test_acc']:.4f}" + (f" ({s['final_test_acc_min']:.4f}-{s['final_test_acc_max']:.4f})"
+                                                   if seeds > 1 else "")
+            times = " / ".join("never" if x is None else f"{x:.1f} s" for x in s["time_to_target_per_seed"])
+            mean = "-" if s["time_to_target_s"] is None else f"{s['time_to_target_s']:.1f} s" + (
+                f" ({s['reached']} of {seeds})" if s["reached"] < seeds else "")
+            ratio = "-" if s["speedup_vs_all_cores"] is None else f"{s['speedup_vs_all_cores']:.2f}"
+            rows.append((t, f"{s['time_per_epoch_s']:.2f}", acc, times, mean, ratio))
+        targets = ", ".join(f"{x:.4f}" for x in r["targets"])
+        tables.append(f"{r['architecture']} on {r['dataset']}, target {targets}; first: {r['winner'] or 'none'}"
+                      f" ({seeds} seed{'s' if seeds > 1 else ''})\n\n" + _rows(
+                          ("trainer", "s/epoch", "final test acc", "to target, per seed", "mean", "vs bp all"), rows))
+    return "\n\n".join(tables)
+
+
 def render_stability(out):
     r = out.result(0)
     depths, res = [str(d) for d in r["depths"]], r["results"]
@@ -191,11 +214,11 @@ TABLES = (
           (["python", "scripts/race.py", "--train-samples", "12000"],
            ["python", "scripts/race.py", "--choice", "resnet", "--train-samples", "12000"],
            ["python", "scripts/race.py", "--conv", "1", "--n", "6", "--train-samples", "12000"]),
-          ("harness/race.py", "models/recording.py", "pvd/", *PIPELINE, *TRAINING)),
+          ("harness/race.py", "models/recording.py", "pvd/", *PIPELINE, *TRAINING), render=render_race),
     Table("race-conv-seeds", "#### Three seeds",
           (["python", "scripts/race.py", "--conv", "1", "--n", "6", "--train-samples", "12000", "--trainers",
             "bp-all,ddp,pipeline-local,multilevel-local", "--seeds", "0,1,2"],),
-          ("harness/race.py", "models/recording.py", *PIPELINE, *TRAINING)),
+          ("harness/race.py", "models/recording.py", *PIPELINE, *TRAINING), render=render_race),
     Table("conv", "## Convolutional networks",
           tuple(["python", f"scripts/{s}Test.py", "--dataset", "FASHION", "--conv", "1"]
                 for s in ("res", "verlet", "anti", "leap")),

@@ -426,8 +426,7 @@ def race_main(cfg):
     finals = {t: {"train_acc": s["final_train_acc"], "test_acc": s["final_test_acc"], "train_time_s": s["train_time_s"]}
               for t, s in summary.items()}
     emit_result({"dataset": o.meta.name, "architecture": o.arch, "targets": targets, "winner": first, **lowest(finals),
-                 "summary": {t: {k: v for k, v in s.items() if k != "time_to_target_per_seed"}
-                             for t, s in summary.items()}, "run_dir": str(run.path)})
+                 "summary": summary, "run_dir": str(run.path)})
 
 
 def _threads_text(n):
