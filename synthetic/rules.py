@@ -12,6 +12,8 @@ an epoch, so that an epoch ends with every batch's gradient applied.
     synthetic  g^t = (dh_i^t/dtheta_i)^T S(h_i^t, y^t) at once; S regresses on delta^t later
     delayed    g^{t-k} = (dh_i^{t-k}/dtheta_i |theta^{t-k})^T beta delta^{t-k}: k batches late,
                at the weights of its forward pass (weight stashing, DDG / PipeDream)
+    predicted  the same, the forward pass at theta^t - k lr u^t: the weights predicted k
+               steps ahead along the optimiser's step (SpecTrain, PipeOptim)
     replay     the same at the current weights: the forward pass of t-k recomputed
                (Features Replay)
     local      g^t = d/dtheta_i CE(H_i(h_i^t), y^t) with a small classifier H_i of the
@@ -275,16 +277,22 @@ class Delayed(Rule):
         self.k = in_flight(self.max_in_flight, stage)
         self.names = stage.named_parameters()
 
+    def forward_weights(self, stage):
+        """The weights of the forward pass: the stage's own."""
+        return self.names
+
     def forward(self, stage, inp, labels):
         with stage.prof("forward"):
+            with torch.no_grad():
+                weights = self.forward_weights(stage)
             if self.free:
                 self.stash = self.free.pop()
                 with torch.no_grad():
-                    for n, p in self.names.items():
-                        self.stash[n].copy_(p)
+                    for n, w in weights.items():
+                        self.stash[n].copy_(w)
                         self.stash[n].grad = None
             else:
-                self.stash = {n: p.detach().clone().requires_grad_() for n, p in self.names.items()}
+                self.stash = {n: w.detach().clone().requires_grad_() for n, w in weights.items()}
             return functional_call(stage.piece, self.stash, (inp,))
 
     def after_forward(self, stage, b, inp, out, labels):
@@ -303,13 +311,60 @@ class Delayed(Rule):
         with stage.prof("step"):
             for n, p in self.names.items():
                 p.grad = stash[n].grad
+            self.applying(stage)
         stage.send_input_grad(b, inp)
         stage.step()
         self.free.append(stash)
 
+    def applying(self, stage):
+        """Called with the late gradient in the parameters' ``.grad``, before the step."""
+
     def drain(self, stage):
         while self.pending:
             yield from self._apply(stage)
+
+
+@register
+class Predicted(Delayed):
+    """Weight prediction (SpecTrain, Chen et al. 2018; PipeOptim, 2023): the forward pass of
+    batch t runs at the weights the stage will have when batch t's late gradient is
+    applied, k steps ahead along the optimiser's current step,
+
+        theta_hat^t = theta^t - k lr u^t,
+        theta <- step(theta, (dh^t/dtheta |theta_hat^t)^T beta delta^t),   k batches later,
+
+    with u Adam's step direction m_hat / (sqrt(v_hat) + eps), SGD's momentum buffer, or,
+    for SGD without momentum, the last gradient the stage applied (zero before the first
+    step).  Delayed takes the gradient at theta^t, k steps behind the weights it updates;
+    the prediction moves it towards them at the cost of one axpy per parameter."""
+
+    name = "predicted"
+    receives_gradients = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.last = {}  # SGD without momentum: the last gradient applied
+
+    def forward_weights(self, stage):
+        group = stage.opt.param_groups[0]
+        lr = group["lr"]
+        return {n: p - self.k * lr * u if (u := self._direction(stage.opt, group, p, n)) is not None else p
+                for n, p in self.names.items()}
+
+    def _direction(self, opt, group, p, n):
+        state = opt.state.get(p, {})
+        if "exp_avg" in state:  # Adam
+            step = float(state["step"])
+            beta1, beta2 = group["betas"]
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** step)
+            return state["exp_avg"] / (1 - beta1 ** step) / (v_hat.sqrt() + group["eps"])
+        if state.get("momentum_buffer") is not None:  # SGD with momentum
+            return state["momentum_buffer"]
+        return self.last.get(n)
+
+    def applying(self, stage):
+        if not isinstance(stage.opt, torch.optim.Adam) and not stage.opt.param_groups[0].get("momentum"):
+            self.last = {n: p.grad.detach().clone() for n, p in self.names.items() if p.grad is not None}
 
 
 @register

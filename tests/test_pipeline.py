@@ -13,7 +13,7 @@ from synthetic import RULES, ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import measure_costs
 from synthetic.distributed import stage_worker
 from synthetic.profile import StageProfile
-from synthetic.rules import REGISTRY, Delayed, Replay
+from synthetic.rules import REGISTRY, Delayed, Predicted, Replay
 from synthetic.stage import Stage, run_alone
 from tests.helpers import refused
 
@@ -159,6 +159,33 @@ def test_a_late_gradient_is_taken_at_the_forward_weights_or_the_current_ones(rul
         torch.testing.assert_close(now, before - g)
     assert not all(torch.allclose(a, b) for a, b in zip(g1, _gradient_at(cnet, weights[2 if rule_class is Delayed
                                                                                     else 0], xs[1], deltas[1])))
+
+
+def test_a_predicted_forward_runs_k_steps_ahead_along_the_last_update(float64):
+    """SGD with lr 1 and no momentum, k = 1: the forward pass of batch t runs at
+    theta^t - g, g the last gradient applied (none before the first step); its gradient
+    is applied one batch later to the weights of then."""
+    torch.manual_seed(0)
+    cnet = ComplexNet(build_model("resnet", (4,), 3, 2, 0.5, width=4), 2)
+    xs = [torch.randn(5, 4) for _ in range(4)]
+    deltas = [(torch.randn(5, 4),) for _ in range(4)]
+    labels = torch.zeros(5, dtype=torch.long)
+    stage = Stage(cnet, 0, Predicted(max_in_flight=1), Given(deltas), lr=1.0, optimizer="sgd",
+                  profile=StageProfile(torch.device("cpu")))
+    weights = [[p.detach().clone() for p in stage.params]]
+    for b in range(4):
+        run_alone(stage.batch(b, xs[b], labels))
+        weights.append([p.detach().clone() for p in stage.params])
+    g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])  # batches 0 and 1 ran forward at theta_0
+    g1 = _gradient_at(cnet, weights[0], xs[1], deltas[1])
+    for now, before, g in zip(weights[3], weights[2], g1):
+        torch.testing.assert_close(now, before - g)
+    predicted = [w - g for w, g in zip(weights[2], g0)]  # batch 2: theta_2 - g_0
+    g2 = _gradient_at(cnet, predicted, xs[2], deltas[2])
+    for now, before, g in zip(weights[4], weights[3], g2):
+        torch.testing.assert_close(now, before - g)
+    delayed = _gradient_at(cnet, weights[2], xs[2], deltas[2])  # what delayed would have applied
+    assert not all(torch.allclose(a, b) for a, b in zip(g2, delayed))
 
 
 def test_the_local_rule_sends_no_gradient_back_and_a_hybrid_finish_does():
