@@ -98,14 +98,19 @@ class GroupFields:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ArchitectureRun(NetworkFields, TrainingFields, ResumableFields, RunConfig):
-    """One architecture trained by backprop (the four architecture scripts)."""
-    TRAIN_SAMPLES: int = 0
+class FitFields:
+    """``models.training.fit``'s schedule and the papers' regularisers."""
     LR_SCHEDULE: str = "halvings:5"
     REG_F: bool = False
     ALPHA_F: float = 1e-3
     REG_C: bool = False
     ALPHA_C: float = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchitectureRun(NetworkFields, TrainingFields, FitFields, ResumableFields, RunConfig):
+    """One architecture trained by backprop (the four architecture scripts)."""
+    TRAIN_SAMPLES: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,7 +213,7 @@ class RaceRun(NetworkFields, RunConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StabilityRun(NetworkFields, RunConfig):
+class StabilityRun(NetworkFields, FitFields, RunConfig):
     """The stability study (stability.py): dense networks of DEPTHS layers, h = FINAL_TIME / N."""
     DATASET: str = "DIGITS"
     DEPTHS: str = "4,8,16,32,64"
