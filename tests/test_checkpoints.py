@@ -62,8 +62,8 @@ def _stop_and_resume(tmp_path, script, first, full, grow, *extra):
 
 @pytest.mark.slow
 def test_fit_resumed_after_epoch_2_ends_bit_for_bit_as_the_uninterrupted_run(tmp_path):
-    res, whole = _stop_and_resume(tmp_path, "verletTest", 2, 4, "--epochs", "--dataset", "DIGITS", "--lr-step", 1,
-                                  "--n", 2)
+    res, whole = _stop_and_resume(tmp_path, "verletTest", 2, 4, "--epochs", "--dataset", "DIGITS",
+                                  "--lr-schedule", "halve:1", "--n", 2)
     same_tensors(torch.load(f"{res['run_dir']}/model.pt"), torch.load(f"{whole['run_dir']}/model.pt"))
     assert res["test_acc"] == whole["test_acc"]
     history = json.loads(open(f"{res['run_dir']}/metrics.json").read())["history"]
