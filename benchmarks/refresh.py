@@ -90,7 +90,8 @@ def render_conv(out):
     rows = []
     for k in range(out.count):
         r, epochs = out.result(k), out.epoch_seconds(k)
-        per_epoch = f"{min(epochs):.0f}-{max(epochs):.0f} s" if epochs else ""
+        digits = 0 if epochs and max(epochs) >= 10 else 1
+        per_epoch = f"{min(epochs):.{digits}f}-{max(epochs):.{digits}f} s" if epochs else ""
         rows.append((r["architecture"], f"{r['test_acc']:.4f}", f"{r['train_acc']:.3f}", f"{r['train_time_s']:.0f} s",
                      per_epoch))
     return _rows(("network", "test accuracy", "train accuracy", "training time", "per epoch"), rows)
@@ -378,7 +379,8 @@ def _write(path, text):
 
 def latest_run(table):
     """The folder of the table's most recent complete run (every command's output there)."""
-    done = [f for f in OUT.glob(f"{table.name}-*") if (f / "meta.json").is_file()
+    done = [f for f in OUT.glob(f"{table.name}-*") if re.fullmatch(rf"{re.escape(table.name)}-[0-9a-f]{{7,40}}", f.name)
+            and (f / "meta.json").is_file()
             and len(json.loads((f / "meta.json").read_text())["runs"]) == len(table.commands)]
     if not done:
         raise SystemExit(f"error: table {table.name} has no complete run under {OUT} "
