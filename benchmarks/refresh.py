@@ -398,7 +398,8 @@ def block(table, out):
     return "\n".join([
         f"<!-- generated: {table.name} (python benchmarks/refresh.py --write {table.name}) -->",
         f"Command{'s' if len(runs) > 1 else ''}: {commands}. Commit {out.meta['commit']}, {'; '.join(machines)}, "
-        f"{' to '.join(dates[::max(len(dates) - 1, 1)])}; {seconds / 60:.0f} minutes in all.",
+        f"{' to '.join(dates[::max(len(dates) - 1, 1)])}; "
+        f"{f'{seconds:.0f} s' if seconds < 120 else f'{seconds / 60:.0f} minutes'} in all.",
         "", table.render(out), f"<!-- end: {table.name} -->"])
 
 
