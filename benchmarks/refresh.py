@@ -168,7 +168,7 @@ def render_models(out):
     rows = [(arch, f"{t['ours_samples_per_s']:.0f} / {t['minimal_samples_per_s']:.0f}", f"{t['ratio']:.3f}",
              f"{t['ratio_quartiles'][0]:.2f}-{t['ratio_quartiles'][1]:.2f}") for arch, t in b["throughput"].items()]
     f = b["feeding"]
-    return (_rows(("model", "ours / minimal (samples/s)", "ratio", "quartiles"), rows)
+    return (_rows(("model", "ours / minimal (samples/s)", "ratio (median of the rounds)", "quartiles"), rows)
             + f"\n\n(b) one epoch of {f['samples']} images ({f['source']}): in-memory batches {f['ours_s']:.3f} s, "
               f"torchvision Dataset + DataLoader {f['dataloader_s']:.2f} s: **{f['ratio']:.0f}x**.")
 
