@@ -133,22 +133,29 @@ def _gradient_at(cnet, params, x, delta):
     return torch.autograd.grad(out, mine, delta)
 
 
+def _late_stage(rule, batches):
+    """Stage 0 of a tiny network under ``rule`` with SGD at lr 1, fed ``batches`` random
+    batches and given gradients; returns (cnet, inputs, gradients, the weights before
+    the first batch and after each)."""
+    torch.manual_seed(0)
+    cnet = ComplexNet(build_model("resnet", (4,), 3, 2, 0.5, width=4), 2)
+    xs = [torch.randn(5, 4) for _ in range(batches)]
+    deltas = [(torch.randn(5, 4),) for _ in range(batches)]
+    labels = torch.zeros(5, dtype=torch.long)
+    stage = Stage(cnet, 0, rule, Given(deltas), lr=1.0, optimizer="sgd", profile=StageProfile(torch.device("cpu")))
+    weights = [[p.detach().clone() for p in stage.params]]
+    for b in range(batches):
+        run_alone(stage.batch(b, xs[b], labels))
+        weights.append([p.detach().clone() for p in stage.params])
+    return cnet, xs, deltas, weights
+
+
 @pytest.mark.parametrize("rule_class", [Delayed, Replay])
 def test_a_late_gradient_is_taken_at_the_forward_weights_or_the_current_ones(rule_class, float64):
     """SGD with lr 1 makes the update the gradient itself.  With k = 1 the update after
     batch t is the gradient of batch t - 1: delayed at the weights of t - 1's forward pass,
     replay at the current weights."""
-    torch.manual_seed(0)
-    cnet = ComplexNet(build_model("resnet", (4,), 3, 2, 0.5, width=4), 2)
-    xs = [torch.randn(5, 4) for _ in range(3)]
-    deltas = [(torch.randn(5, 4),) for _ in range(3)]
-    labels = torch.zeros(5, dtype=torch.long)
-    stage = Stage(cnet, 0, rule_class(max_in_flight=1), Given(deltas), lr=1.0, optimizer="sgd",
-                  profile=StageProfile(torch.device("cpu")))
-    weights = [[p.detach().clone() for p in stage.params]]
-    for b in range(3):
-        run_alone(stage.batch(b, xs[b], labels))
-        weights.append([p.detach().clone() for p in stage.params])
+    cnet, xs, deltas, weights = _late_stage(rule_class(max_in_flight=1), 3)
     assert all(torch.equal(a, b) for a, b in zip(weights[1], weights[0]))  # batch 0: nothing applied yet
     g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])
     for now, before, g in zip(weights[2], weights[1], g0):
@@ -165,17 +172,7 @@ def test_a_predicted_forward_runs_k_steps_ahead_along_the_last_update(float64):
     """SGD with lr 1 and no momentum, k = 1: the forward pass of batch t runs at
     theta^t - g, g the last gradient applied (none before the first step); its gradient
     is applied one batch later to the weights of then."""
-    torch.manual_seed(0)
-    cnet = ComplexNet(build_model("resnet", (4,), 3, 2, 0.5, width=4), 2)
-    xs = [torch.randn(5, 4) for _ in range(4)]
-    deltas = [(torch.randn(5, 4),) for _ in range(4)]
-    labels = torch.zeros(5, dtype=torch.long)
-    stage = Stage(cnet, 0, Predicted(max_in_flight=1), Given(deltas), lr=1.0, optimizer="sgd",
-                  profile=StageProfile(torch.device("cpu")))
-    weights = [[p.detach().clone() for p in stage.params]]
-    for b in range(4):
-        run_alone(stage.batch(b, xs[b], labels))
-        weights.append([p.detach().clone() for p in stage.params])
+    cnet, xs, deltas, weights = _late_stage(Predicted(max_in_flight=1), 4)
     g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])  # batches 0 and 1 ran forward at theta_0
     g1 = _gradient_at(cnet, weights[0], xs[1], deltas[1])
     for now, before, g in zip(weights[3], weights[2], g1):
