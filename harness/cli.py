@@ -59,8 +59,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _field_types(family):
-    return {f.name: hints for f in dataclasses.fields(family) if f.name.isupper()
-            for hints in [typing.get_type_hints(family)[f.name]]}
+    hints = typing.get_type_hints(family)
+    return {f.name: hints[f.name] for f in dataclasses.fields(family) if f.name.isupper()}
 
 
 def _constant(family, name, value, types):
@@ -112,7 +112,8 @@ def configure(family, script_file, namespace, argv=None, doc=None):
             kind, _, help = options[name]
             add(name, kind, _constant(family, name, default, {name: kind}), help)
         else:
-            add(name, types.get(name, type(default)), _constant(family, name, default, types), comment)
+            value = _constant(family, name, default, types)
+            add(name, types[name], value, comment)
     for name, (kind, default, help) in options.items():
         if name not in constants:
             add(name, kind, default, help)

@@ -56,7 +56,7 @@ def resume_constants(cfg):
     known = cfg.as_dict()
     merged = {**known, **{k: v for k, v in saved.items() if k in known}}
     for name in sorted(cfg.given):
-        new, old = getattr(cfg, name), saved.get(name)
+        new, old = known[name], saved.get(name)
         if name in RESUME_FREE or new == old or name not in saved:
             merged[name] = new
         elif name in RESUME_GROW:

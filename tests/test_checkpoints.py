@@ -293,3 +293,19 @@ def test_pvd_stopping_early_at_its_target_checkpoints_that_iteration(tmp_path):
     assert stopped < cfg.iterations and stopped % 5, f"the run should stop early, off the 5s: {stopped}"
     state, _ = checkpoint.load(tmp_path)
     assert state["iteration"] == stopped and out["history"]["test_acc"][-1] >= 0.85
+
+
+def test_a_rule_option_given_beside_resume_is_checked_like_any_constant(tmp_path):
+    """A pipeline run's rule options are constants of its config.json: a resume keeps them,
+    and one given beside RESUME that differs is refused."""
+    from harness.cli import UsageError
+    from harness.configs import PipelineRun
+    from harness.resume import resume_constants
+
+    saved = PipelineRun(RULE="delayed", rule_options={"max_in_flight": 2, "shrink": 0.5})
+    (tmp_path / "config.json").write_text(json.dumps({"constants": saved.as_dict()}))
+    fresh = PipelineRun(rule_options={"max_in_flight": 0, "shrink": 1.0}, RESUME=str(tmp_path))
+    cfg, path = resume_constants(fresh)
+    assert path == tmp_path and cfg.RULE == "delayed" and cfg.rule_options == {"max_in_flight": 2, "shrink": 0.5}
+    with pytest.raises(UsageError, match=r"RESUME: SHRINK differs from the run's \(0.5 -> 1.0\)"):
+        resume_constants(fresh.replace(given=frozenset({"SHRINK", "RESUME"})))
