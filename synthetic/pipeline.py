@@ -1,9 +1,8 @@
 """The pipeline of a complex network: one stage per sub-network, a decoupling rule, and a
 transport.  ``train_serial`` runs every stage in this process over the loopback
 transport; ``synthetic.distributed.stage_worker`` runs one stage per process over
-torch.distributed.  Both run the same ``Stage`` code, so that with a deterministic rule
-(all but synthetic, whose modules draw nothing at random either) they give the same
-parameters.
+torch.distributed.  Both run the same ``Stage`` code, and every rule takes its gradients
+at fixed batches, so that both give the same parameters.
 """
 from __future__ import annotations
 
