@@ -61,8 +61,10 @@ class Data:
     info: DataInfo
 
     def head(self, n):
-        """The first ``n`` training samples (all with 0 or more than there are), the test set whole."""
-        n = min(n or len(self.y_train), len(self.y_train))
+        """The first ``n`` training samples (all with 0 or more than there are: this Data
+        itself, nothing copied), the test set whole."""
+        if not n or n >= len(self.y_train):
+            return self
         return Data(self.x_train[:n].clone(), self.y_train[:n].clone(), self.x_test, self.y_test, self.info)
 
     def to(self, device):

@@ -8,14 +8,14 @@ experiment then builds the engine's own configuration (``synthetic.PipelineConfi
 ``pvd.PVDConfig``, the race's ``Race``) from it.  A field the script does not set keeps
 the default here and is no command-line option of that script.
 
-    family            scripts                                       experiment
-    ArchitectureRun   resTest, antiTest, verletTest, leapTest       fit_experiments.train_single
-    ToyRun            ellipse, swiss                                fit_experiments.train_toy
-    PipelineRun       distSg, run_standard_sg                       pipeline_experiments.distributed / standard
-    MultilevelRun     distMulti, testParallelNet                    pipeline_experiments.multilevel / multilevel_serial
-    PVDRun            PVD                                           pvd_experiments.train_pvd
-    RaceRun           race                                          race.race_main
-    StabilityRun      stability                                     stability_experiments.stability_main
+    family           scripts                                  experiment
+    ArchitectureRun  resTest, antiTest, verletTest, leapTest  fit_experiments.train_single
+    ToyRun           ellipse, swiss                           fit_experiments.train_toy
+    PipelineRun      distSg, run_standard_sg                  pipeline_experiments.distributed / standard
+    MultilevelRun    distMulti, testParallelNet               pipeline_experiments.distributed_multilevel / multilevel
+    PVDRun           PVD                                      pvd_experiments.train_pvd
+    RaceRun          race                                     race.race_main
+    StabilityRun     stability                                stability_experiments.stability_main
 """
 from __future__ import annotations
 
