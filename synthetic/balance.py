@@ -4,8 +4,8 @@ A pipeline runs at the pace of its slowest stage.  Stage i's work per batch is i
 layers' forward and backward passes, plus the opening layer on stage 0, the classifier
 and the loss on the last stage, and, on every stage but the last, what its rule adds:
 its work at the cut (``Rule.cut_work``: a synthetic-gradient module, a local
-classifier) and further forward passes of its layers (``Rule.forward_passes``); each
-piece with its optimiser step.
+classifier) and further passes of its layers (``Rule.forward_passes``,
+``Rule.backward_passes``); each piece with its optimiser step.
 ``measure_costs`` times these pieces on the device, ``balanced_bounds`` places the cuts.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Costs:
     first: float = 0.0  # the opening layer (lift) on stage 0
     last: float = 0.0  # classifier and loss on the last stage
     cuts: dict = field(default_factory=dict)  # cut position b -> the rule's work at a cut after layer b - 1
-    forward_again: list = field(default_factory=list)  # layer j's further forward passes (Rule.forward_passes)
+    forward_again: list = field(default_factory=list)  # layer j's further passes (Rule.forward_passes, backward_passes)
 
     def stage(self, i, a, b, parts):
         """Stage i of ``parts`` running layers [a, b)."""
@@ -115,8 +115,9 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     backward pass, the opening layer, the classifier and loss, and what ``rule`` (a Rule
     or a registered name) adds: its work at each cut position in ``cuts`` (default all;
     ``Rule.cut_work``, with a module of ``sg_kind``; pieces of one state shape are timed
-    once), and each layer's further forward passes (``Rule.forward_passes``).  A copy of
-    ``net``, on the batch's device, is timed; ``net`` is left as it was."""
+    once), and each layer's further passes (``Rule.forward_passes``; a further backward
+    pass, ``Rule.backward_passes``, is timed as the layer's forward and backward pass).  A
+    copy of ``net``, on the batch's device, is timed; ``net`` is left as it was."""
     rule = make_rule(rule) if isinstance(rule, str) else rule
     net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
@@ -156,9 +157,11 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     n = net.n_layers
     pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(n)]
     pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
-    again = rule.forward_passes - 1
+    forwards, backwards = rule.forward_passes - 1, rule.backward_passes - 1
+    again = forwards or backwards
     if again:
-        pieces += [stepped(lambda j=j: [forward_again(j) for _ in range(again)], []) for j in range(n)]
+        pieces += [stepped(lambda j=j: ([forward_again(j) for _ in range(forwards)],
+                                        [layer(j) for _ in range(backwards)]), []) for j in range(n)]
     shapes = {}  # state shape at a cut -> its piece's index (pieces of one shape are timed once)
     for b in cuts:
         shape = net.state_shape_at(b)

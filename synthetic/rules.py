@@ -16,8 +16,12 @@ an epoch, so that an epoch ends with every batch's gradient applied.
                steps ahead along the optimiser's step (SpecTrain, PipeOptim)
     replay     the same at the current weights: the forward pass of t-k recomputed
                (Features Replay)
+    pipemare   replay's, recomputed at theta - k d (d: the weights' mean step), the learning
+               rate scaled by k^{-p}, p falling from 1 to 0 (PipeMare)
+    accumulated  delayed's, summed over A batches before a step (PACI-style)
     local      g^t = d/dtheta_i CE(H_i(h_i^t), y^t) with a small classifier H_i of the
                stage's own (DGL): nothing travels back
+    local-delayed  delayed's g^{t-k} + lambda local's g^t
 
 A rule is one class, registered by name (``register``): a dataclass whose fields are its
 options (``option``: a default, a one-line help and a check; the scripts' command line,
@@ -27,7 +31,7 @@ a stage waiting for a gradient yields) and, as it needs them, ``forward`` (the s
 forward pass, with what the rule keeps of it), ``drain``, ``parameters`` and
 ``net_parameters`` (what it trains itself), ``state_dict``/``load_state_dict``,
 ``kinds`` and ``stats`` (its names in the stage's profile and history) and its costs for
-the balancer (``cut_work``, ``forward_passes``).  docs/DESIGN.md shows how to add one.
+the balancer (``cut_work``, ``forward_passes``, ``backward_passes``).  docs/DESIGN.md shows how to add one.
 """
 from __future__ import annotations
 
@@ -92,6 +96,7 @@ class Rule(abc.ABC):
     kinds: ClassVar[tuple] = ()  # the kinds of work it adds to the stage's profile (``stage.prof(kind)``)
     stats: ClassVar[tuple] = ()  # the per-cut statistics it adds (``stage.stats.add``), history keys
     forward_passes: ClassVar[int] = 1  # forward passes of the stage's layers per batch (the balancer's cost)
+    backward_passes: ClassVar[int] = 1  # backward passes of the stage's layers per batch (the balancer's cost)
 
     def __init_subclass__(cls, **kwargs):
         """Every rule is a dataclass of its options, wherever its module is imported."""
@@ -309,15 +314,23 @@ class Delayed(Rule):
         grad = yield from stage.true_gradient(b)
         stage.backward(out, self._late(grad))
         with stage.prof("step"):
-            for n, p in self.names.items():
-                p.grad = stash[n].grad
+            self.collect(stash)
             self.applying(stage)
         stage.send_input_grad(b, inp)
-        stage.step()
+        self.take_step(stage)
         self.free.append(stash)
+
+    def collect(self, stash):
+        """Put the late gradient, on the stash, into the parameters' ``.grad``."""
+        for n, p in self.names.items():
+            p.grad = stash[n].grad
 
     def applying(self, stage):
         """Called with the late gradient in the parameters' ``.grad``, before the step."""
+
+    def take_step(self, stage):
+        """The optimiser's step on the gradient collected."""
+        stage.step()
 
     def drain(self, stage):
         while self.pending:
@@ -397,6 +410,117 @@ class Replay(Delayed):
         stage.step()
 
 
+@register
+class PipeMare(Replay):
+    """PipeMare (Yang et al. 2021): replay's late gradient, with its two corrections.
+
+    T1, the learning rate by delay: stage i, k batches late, steps at
+
+        lr_s = lr k^{-p_s},   p_s = max(1 - s / K, 0)          (s: the stage's steps, K: ``warmup``)
+
+    so that a deep stage starts slow and reaches lr after K steps.
+    T2, discrepancy correction: the forward pass of batch t - k is recomputed, when
+    delta^{t-k} arrives, at the weights extrapolated back to those of its first pass,
+
+        u = theta - k d,   d <- gamma d + (1 - gamma)(theta_{s+1} - theta_s)   (gamma: ``decay``),
+        theta <- step(theta, (dh^{t-k}/dtheta |u)^T beta delta^{t-k}),
+
+    d being a moving average of the stage's weight steps.  Like replay it keeps only the
+    inputs of the batches in flight (and d) instead of a stash of weights per batch, at
+    the cost of a second forward pass."""
+
+    name = "pipemare"
+    receives_gradients = True
+
+    warmup: int = option(500, "steps K over which PipeMare's learning rate rises from lr/k to lr (0: lr at once)",
+                         at_least(0))
+    decay: float = option(0.9, "gamma of the moving average of weight steps (PipeMare's discrepancy correction)",
+                          lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}")
+
+    def attach(self, stage):
+        super().attach(stage)
+        self.steps, self.base_lr = 0, None
+        self.drift = {n: torch.zeros_like(p) for n, p in self.names.items()}
+
+    def _apply(self, stage):
+        b, inp = self.pending.popleft()
+        grad = yield from stage.true_gradient(b)
+        with stage.prof("replay"):
+            with torch.no_grad():
+                back = {n: (p - self.k * self.drift[n]).requires_grad_() for n, p in self.names.items()}
+            out = functional_call(stage.piece, back, (inp,))
+        stage.backward(out, self._late(grad))
+        with stage.prof("step"):
+            self.collect(back)
+            before = {n: p.detach().clone() for n, p in self.names.items()}
+            self._set_lr(stage.opt)
+        stage.send_input_grad(b, inp)
+        stage.step()
+        with stage.prof("step"), torch.no_grad():
+            for n, p in self.names.items():
+                self.drift[n].mul_(self.decay).add_(p - before[n], alpha=1 - self.decay)
+        self.steps += 1
+
+    def _set_lr(self, opt):
+        if self.base_lr is None:
+            self.base_lr = [g["lr"] for g in opt.param_groups]
+        power = max(1 - self.steps / self.warmup, 0.0) if self.warmup else 0.0
+        for g, lr in zip(opt.param_groups, self.base_lr):
+            g["lr"] = lr * self.k ** -power
+
+    def state_dict(self):
+        return {"steps": self.steps, "base_lr": self.base_lr, "drift": self.drift}
+
+    def load_state_dict(self, state):
+        self.steps, self.base_lr = state["steps"], state["base_lr"]
+        for n, d in state["drift"].items():
+            self.drift[n].copy_(d)
+
+
+@register
+class Accumulated(Delayed):
+    """Version drift bounded by accumulation (PACI-style, 2026): delayed's late
+    gradients, at the weights of their forward passes, summed over A = ``accumulate``
+    batches before one step on their mean,
+
+        theta <- step(theta, (1/A) sum_{j<A} (dh^{t-k-j}/dtheta |theta^{t-k-j})^T beta delta^{t-k-j}),
+
+    every A batches (and at the end of an epoch), so that the weights of a forward pass
+    are at most ceil(k / A) versions behind those its gradient updates, instead of k."""
+
+    name = "accumulated"
+    receives_gradients = True
+
+    accumulate: int = option(2, "batches whose late gradients are summed before one step (A)", at_least(1))
+
+    def attach(self, stage):
+        super().attach(stage)
+        self.held = 0  # late gradients collected since the last step
+
+    def collect(self, stash):
+        for n, p in self.names.items():
+            g = stash[n].grad
+            p.grad = g if p.grad is None or g is None else p.grad + g
+
+    def take_step(self, stage):
+        self.held += 1
+        if self.held == self.accumulate:
+            self._step_mean(stage)
+
+    def _step_mean(self, stage):
+        with torch.no_grad():
+            for p in stage.opt.param_groups[0]["params"]:
+                if p.grad is not None:
+                    p.grad.div_(self.held)
+        stage.step()
+        self.held = 0
+
+    def drain(self, stage):
+        yield from super().drain(stage)
+        if self.held:
+            self._step_mean(stage)
+
+
 class LocalHead(nn.Module):
     """DGL's auxiliary classifier at a cut: Y averaged to at most 2 x 2 (conv), flattened,
     one linear layer to the classes."""
@@ -410,6 +534,28 @@ class LocalHead(nn.Module):
 
     def forward(self, y):
         return self.linear(self.pool(y).flatten(1))
+
+    @classmethod
+    def of(cls, stage):
+        """The head at stage's cut, drawn from the stage's generator (the same in every
+        process), on the network's device."""
+        net = stage.cnet.net
+        head = cls(stage.cnet.cut_shape(stage.i), net.num_classes)
+        generator, bound = stage.generator(), head.linear.in_features ** -0.5  # torch's Linear default
+        with torch.no_grad():
+            for p in head.parameters():
+                p.uniform_(-bound, bound, generator=generator)
+        return head.to(device=next(net.parameters()).device, dtype=next(net.parameters()).dtype)
+
+    @staticmethod
+    def cut_work(net, state, y):
+        """The balancer's cost of a head at a cut of state ``state`` (``Rule.cut_work``)."""
+        head = LocalHead(state[0].shape[1:], net.num_classes).to(state[0].device)
+        inp = state[0].requires_grad_()
+
+        def work():
+            F.cross_entropy(head(inp), y).backward()
+        return work, list(head.parameters())
 
 
 
@@ -425,13 +571,7 @@ class Local(Rule):
     stats = ("head_loss",)
 
     def attach(self, stage):
-        net = stage.cnet.net
-        self.head = LocalHead(stage.cnet.cut_shape(stage.i), net.num_classes)
-        generator, bound = stage.generator(), self.head.linear.in_features ** -0.5  # torch's Linear default
-        with torch.no_grad():  # drawn from the stage's generator: the same in every process
-            for p in self.head.parameters():
-                p.uniform_(-bound, bound, generator=generator)
-        self.head.to(device=next(net.parameters()).device, dtype=next(net.parameters()).dtype)
+        self.head = LocalHead.of(stage)
 
     def parameters(self):
         return list(self.head.parameters())
@@ -453,12 +593,69 @@ class Local(Rule):
         self.head.load_state_dict(state["head"])
 
     def cut_work(self, net, state, y, sg_kind):
-        head = LocalHead(state[0].shape[1:], net.num_classes).to(state[0].device)
-        inp = state[0].requires_grad_()
+        return LocalHead.cut_work(net, state, y)
 
-        def work():
-            F.cross_entropy(head(inp), y).backward()
-        return work, list(head.parameters())
+
+@register
+class LocalDelayed(Delayed):
+    """A local signal now, the true gradient late (DGL's head with delayed's stash): each
+    step applies the late true gradient of batch t - k plus lambda times the gradient of
+    the stage's own classifier's loss on batch t,
+
+        theta <- step(theta, (dh^{t-k}/dtheta |theta^{t-k})^T beta delta^{t-k}
+                             + lambda d/dtheta CE(H(h^t), y^t) |theta^t),
+        H <- step(H, lambda d/dH CE(H(h^t), y^t)),
+
+    lambda = ``mix``.  The fresh local term steers the stage while its true gradient is
+    on its way; the true term keeps it trained for the network's loss.  One more backward
+    pass through the stage per batch (the local loss's)."""
+
+    name = "local-delayed"
+    receives_gradients = True
+    kinds = ("head",)
+    stats = ("head_loss",)
+    backward_passes = 2
+
+    mix: float = option(1.0, "weight lambda of the local classifier's gradient beside the late true one",
+                        at_least(0.0))
+
+    def attach(self, stage):
+        super().attach(stage)
+        self.head = LocalHead.of(stage)
+        self.local = {}  # the stash's local gradients since the last step, by parameter name
+
+    def parameters(self):
+        return list(self.head.parameters())
+
+    def after_forward(self, stage, b, inp, out, labels):
+        with stage.prof("head"):
+            loss = F.cross_entropy(self.head(out[0]), labels)
+            # the stage's weights and the head only (not the input: what goes upstream is the
+            # true gradient); the graph stays for the late one
+            torch.autograd.backward(self.mix * loss, inputs=[*self.stash.values(), *self.head.parameters()],
+                                    retain_graph=True)
+            for n, w in self.stash.items():
+                if w.grad is not None:
+                    self.local[n] = w.grad if n not in self.local else self.local[n] + w.grad
+                    w.grad = None
+        stage.stats.add(head_loss=loss.detach())
+        yield from super().after_forward(stage, b, inp, out, labels)
+
+    def collect(self, stash):
+        super().collect(stash)
+        for n, g in self.local.items():
+            p = self.names[n]
+            p.grad = g if p.grad is None else p.grad + g
+        self.local = {}
+
+    def state_dict(self):
+        return {"head": self.head.state_dict()}
+
+    def load_state_dict(self, state):
+        self.head.load_state_dict(state["head"])
+
+    def cut_work(self, net, state, y, sg_kind):
+        return LocalHead.cut_work(net, state, y)
 
 
 def rule_class(name):

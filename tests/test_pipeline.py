@@ -13,7 +13,7 @@ from synthetic import RULES, ComplexNet, PipelineConfig, train_serial
 from synthetic.balance import measure_costs
 from synthetic.distributed import stage_worker
 from synthetic.profile import StageProfile
-from synthetic.rules import REGISTRY, Delayed, Predicted, Replay
+from synthetic.rules import REGISTRY, Accumulated, Delayed, LocalDelayed, LocalHead, PipeMare, Predicted, Replay
 from synthetic.stage import Stage, run_alone
 from tests.helpers import refused
 
@@ -136,7 +136,7 @@ def _gradient_at(cnet, params, x, delta):
 def _late_stage(rule, batches):
     """Stage 0 of a tiny network under ``rule`` with SGD at lr 1, fed ``batches`` random
     batches and given gradients; returns (cnet, inputs, gradients, the weights before
-    the first batch and after each)."""
+    the first batch and after each, the stage)."""
     torch.manual_seed(0)
     cnet = ComplexNet(build_model("resnet", (4,), 3, 2, 0.5, width=4), 2)
     xs = [torch.randn(5, 4) for _ in range(batches)]
@@ -147,7 +147,7 @@ def _late_stage(rule, batches):
     for b in range(batches):
         run_alone(stage.batch(b, xs[b], labels))
         weights.append([p.detach().clone() for p in stage.params])
-    return cnet, xs, deltas, weights
+    return cnet, xs, deltas, weights, stage
 
 
 @pytest.mark.parametrize("rule_class", [Delayed, Replay])
@@ -155,7 +155,7 @@ def test_a_late_gradient_is_taken_at_the_forward_weights_or_the_current_ones(rul
     """SGD with lr 1 makes the update the gradient itself.  With k = 1 the update after
     batch t is the gradient of batch t - 1: delayed at the weights of t - 1's forward pass,
     replay at the current weights."""
-    cnet, xs, deltas, weights = _late_stage(rule_class(max_in_flight=1), 3)
+    cnet, xs, deltas, weights, _ = _late_stage(rule_class(max_in_flight=1), 3)
     assert all(torch.equal(a, b) for a, b in zip(weights[1], weights[0]))  # batch 0: nothing applied yet
     g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])
     for now, before, g in zip(weights[2], weights[1], g0):
@@ -172,7 +172,7 @@ def test_a_predicted_forward_runs_k_steps_ahead_along_the_last_update(float64):
     """SGD with lr 1 and no momentum, k = 1: the forward pass of batch t runs at
     theta^t - g, g the last gradient applied (none before the first step); its gradient
     is applied one batch later to the weights of then."""
-    cnet, xs, deltas, weights = _late_stage(Predicted(max_in_flight=1), 4)
+    cnet, xs, deltas, weights, _ = _late_stage(Predicted(max_in_flight=1), 4)
     g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])  # batches 0 and 1 ran forward at theta_0
     g1 = _gradient_at(cnet, weights[0], xs[1], deltas[1])
     for now, before, g in zip(weights[3], weights[2], g1):
@@ -183,6 +183,64 @@ def test_a_predicted_forward_runs_k_steps_ahead_along_the_last_update(float64):
         torch.testing.assert_close(now, before - g)
     delayed = _gradient_at(cnet, weights[2], xs[2], deltas[2])  # what delayed would have applied
     assert not all(torch.allclose(a, b) for a, b in zip(g2, delayed))
+
+
+def _steps(before, after, *updates):
+    """Assert after = before - sum(updates), parameter by parameter."""
+    for k, (now, then) in enumerate(zip(after, before)):
+        torch.testing.assert_close(now, then - sum(u[k] for u in updates))
+
+
+def test_pipemare_recomputes_at_the_weights_extrapolated_back_with_its_rate_by_delay(float64):
+    """SGD, lr 1, k = 2, K = 2 warm-up steps, gamma = 1/4.  Step s has lr 2^-(1 - s/2):
+    1/2, then 2^-1/2.  The first late gradient (batch 0) is taken at theta_0 (d = 0); the
+    second (batch 1) at u = theta - 2 d, d = (3/4)(theta_3 - theta_0) after one step."""
+    cnet, xs, deltas, weights, _ = _late_stage(PipeMare(max_in_flight=2, warmup=2, decay=0.25), 4)
+    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[0]))  # batches 0, 1: nothing applied
+    g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])
+    _steps(weights[2], weights[3], [0.5 * g for g in g0])
+    back = [w - 2 * 0.75 * (w - w0) for w, w0 in zip(weights[3], weights[0])]
+    g1 = _gradient_at(cnet, back, xs[1], deltas[1])
+    _steps(weights[3], weights[4], [2 ** -0.5 * g for g in g1])
+    replay = _gradient_at(cnet, weights[3], xs[1], deltas[1])  # what replay would have applied
+    assert not all(torch.allclose(a, b) for a, b in zip(g1, replay))
+
+
+def test_accumulated_steps_on_the_mean_of_a_late_gradients(float64):
+    """SGD, lr 1, k = 1, A = 2: batches 0 and 1 ran forward at theta_0; their mean
+    gradient is the step after batch 2; batch 2 (at theta_0) and 3 (at theta_3) give the
+    step after batch 4; batches 1 and 3 leave the weights alone."""
+    cnet, xs, deltas, weights, _ = _late_stage(Accumulated(max_in_flight=1, accumulate=2), 5)
+    assert all(torch.equal(a, b) for a, b in zip(weights[2], weights[0]))
+    g0, g1 = (_gradient_at(cnet, weights[0], xs[b], deltas[b]) for b in (0, 1))
+    _steps(weights[2], weights[3], [g / 2 for g in g0], [g / 2 for g in g1])
+    assert all(torch.equal(a, b) for a, b in zip(weights[4], weights[3]))
+    g2, g3 = _gradient_at(cnet, weights[0], xs[2], deltas[2]), _gradient_at(cnet, weights[3], xs[3], deltas[3])
+    _steps(weights[4], weights[5], [g / 2 for g in g2], [g / 2 for g in g3])
+
+
+def _local_gradient_at(cnet, params, x, head, labels):
+    """d/dtheta CE(H(h(x; theta)), y) for stage 0 of ``cnet`` at ``params``."""
+    probe = copy.deepcopy(cnet)
+    mine = probe.stage_parameters(0)
+    with torch.no_grad():
+        for p, v in zip(mine, params):
+            p.copy_(v)
+    loss = torch.nn.functional.cross_entropy(head(probe.stage_forward(0, x)[0]), labels)
+    return torch.autograd.grad(loss, mine)
+
+
+def test_local_delayed_adds_lambda_times_the_fresh_local_gradient_to_the_late_one(float64):
+    """SGD, lr 1, k = 1, lambda = 1/2: the first step (after batch 1) is the late gradient
+    of batch 0 plus half the local gradients of batches 0 and 1, all at theta_0 and the
+    head's first weights."""
+    cnet, xs, deltas, weights, stage = _late_stage(LocalDelayed(max_in_flight=1, mix=0.5), 2)
+    head = LocalHead.of(stage).double()  # the stage's head before its first step: drawn alike
+    labels = torch.zeros(5, dtype=torch.long)
+    g0 = _gradient_at(cnet, weights[0], xs[0], deltas[0])
+    l0, l1 = (_local_gradient_at(cnet, weights[0], xs[b], head, labels) for b in (0, 1))
+    _steps(weights[1], weights[2], g0, [g / 2 for g in l0], [g / 2 for g in l1])
+    assert not all(torch.allclose(a, b - g) for a, b, g in zip(weights[2], weights[1], g0))
 
 
 def test_the_local_rule_sends_no_gradient_back_and_a_hybrid_finish_does():
@@ -209,7 +267,8 @@ def test_each_rule_costs_what_it_makes_a_stage_do():
     data = datasets.load("DIGITS")
     net = network(dtype=torch.float32)
     x, y = data.x_train[:32], data.y_train[:32]
-    costs = {rule: measure_costs(net, x, y, rule=rule, repeats=1) for rule in ("exact", "synthetic", "replay", "local")}
+    costs = {rule: measure_costs(net, x, y, rule=rule, repeats=1)
+             for rule in ("exact", "synthetic", "replay", "local", "local-delayed")}
     assert not costs["exact"].cuts and not costs["exact"].forward_again
     assert set(costs["synthetic"].cuts) == set(costs["local"].cuts) == set(range(1, 6))
     assert len(costs["replay"].forward_again) == 6 and not costs["replay"].cuts
@@ -219,6 +278,8 @@ def test_each_rule_costs_what_it_makes_a_stage_do():
                                                                + sum(replay.forward_again[:3]))
     assert synthetic.stages([(0, 3), (3, 6)])[0] == pytest.approx(sum(synthetic.layers[:3]) + synthetic.first
                                                                   + synthetic.cuts[3])
+    mixed = costs["local-delayed"]  # a head at the cut and a second backward pass
+    assert set(mixed.cuts) == set(range(1, 6)) and min(mixed.forward_again) > 0
 
 
 @pytest.mark.parametrize("script", ["run_standard_sg", "testParallelNet", "distSg", "distMulti"])
