@@ -1,0 +1,304 @@
+"""Each trainer's schedule on M devices as events with their dependencies, and the time
+it takes: the simulation behind ``scripts/forecast.py``.
+
+A schedule is a list of operations, each on one resource (a device, or the link from one
+device to another, or the ring of DDP's all-reduce) for a duration, after the operations
+it depends on.  A resource does one thing at a time, in the order the schedule gives it
+(the order its program runs them: torch's Schedule1F1B's, our stage's generator's), so
+that one pass over the operations in dependency order gives every start and end time
+(``Timeline.run``): no event queue is needed, because no resource chooses between
+waiting operations at run time (a link carries its messages in the order its one sender
+sends them).  What a device's program does while it waits is not modelled: it waits.
+
+Costs come per stage (``StageCost``), at the batch size the operation runs: forward and
+backward seconds, the rule's extra work, the optimiser's step, the bytes each message
+carries.  A message takes ``Link.seconds(bytes)`` = latency + bytes / bandwidth on its
+link, and links are full duplex (one resource per direction).
+
+Trainers (``schedule``):
+  backprop       one device: forward, backward, step per batch
+  ddp            M devices, each B/M of every batch; the gradients all-reduced in buckets
+                 (ring: 2 (M-1)/M of a bucket's bytes per device, 2 (M-1) latencies), each
+                 bucket as soon as its layers' backward is done, overlapping the rest
+  gpipe, 1f1b    M stages, ``microbatches`` per batch, torch's orders (ScheduleGPipe:
+                 every forward, then every backward; Schedule1F1B: M - s forwards, then
+                 one backward, one forward, ...), one step per stage per batch
+  pipeline       our stages with a decoupling rule: stage s runs batch b's forward,
+                 sends it on, then the backward of batch b - k_s (k_s its delay, 0 for the
+                 exact rule) once that batch's gradient has come back; a local rule
+                 (no gradients travel back) runs its own backward at once
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Link:
+    """A point-to-point link: ``latency_s`` per message and ``gbps`` (gigabits a second)."""
+
+    gbps: float
+    latency_s: float
+    name: str = ""
+
+    def seconds(self, nbytes):
+        return self.latency_s + 8 * nbytes / (self.gbps * 1e9) if nbytes else 0.0
+
+
+# Named links: nominal one-direction bandwidth and a typical small-message latency.
+LINKS = {
+    "nvlink4": Link(3600.0, 2e-6, "NVLink 4 (H100: 450 GB/s a direction, ~2 us)"),
+    "pcie4": Link(256.0, 5e-6, "PCIe 4.0 x16 (32 GB/s a direction, ~5 us)"),
+    "ib100": Link(100.0, 3e-6, "InfiniBand 100 Gb/s (~3 us)"),
+    "10gbe": Link(10.0, 30e-6, "10 Gb Ethernet over TCP (~30 us)"),
+    "free": Link(float("inf"), 0.0, "a free link: no latency, no transfer time"),
+}
+
+
+@dataclass
+class StageCost:
+    """One stage's seconds and bytes for one (micro)batch."""
+
+    forward: float
+    backward: float
+    step: float = 0.0  # the optimiser's step of its parameters
+    extra: float = 0.0  # what its rule adds (a module, a local head, a second forward pass, stashing)
+    out_bytes: int = 0  # the state it sends to the next stage (its gradient travels back alike)
+    param_bytes: int = 0  # its parameters (DDP's all-reduce; memory)
+    activation_bytes: int = 0  # what its forward keeps for its backward (memory)
+
+
+@dataclass
+class Op:
+    name: str
+    resource: str
+    duration: float
+    deps: tuple = ()
+    start: float = 0.0
+    end: float = 0.0
+    args: dict = field(default_factory=dict)
+
+
+class Timeline:
+    """Operations on resources; ``run`` times them."""
+
+    def __init__(self):
+        self.ops = []
+
+    def add(self, name, resource, duration, deps=(), **args):
+        self.ops.append(Op(name, resource, duration, tuple(d for d in deps if d is not None), args=args))
+        return len(self.ops) - 1
+
+    def run(self):
+        """Start every operation when its resource's previous one and its dependencies have
+        ended (Kahn's order over both kinds of edge); a cycle is a deadlock."""
+        previous, waiting, users = {}, [], [[] for _ in self.ops]
+        for k, op in enumerate(self.ops):
+            before = list(op.deps)
+            if op.resource in previous:
+                before.append(previous[op.resource])
+            previous[op.resource] = k
+            waiting.append(len(before))
+            for d in before:
+                users[d].append(k)
+            op.before = before
+        ready = [k for k, n in enumerate(waiting) if n == 0]
+        done = 0
+        while ready:
+            k = ready.pop()
+            op = self.ops[k]
+            op.start = max((self.ops[d].end for d in op.before), default=0.0)
+            op.end = op.start + op.duration
+            done += 1
+            for u in users[k]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    ready.append(u)
+        if done < len(self.ops):
+            stuck = [self.ops[k].name for k, n in enumerate(waiting) if n][:5]
+            raise RuntimeError(f"schedule deadlock: {stuck} wait for each other")
+        return self
+
+    @property
+    def makespan(self):
+        return max((op.end for op in self.ops), default=0.0)
+
+    def busy(self, resource):
+        return sum(op.duration for op in self.ops if op.resource == resource)
+
+    def devices(self):
+        return sorted({op.resource for op in self.ops if op.resource.startswith("device")},
+                      key=lambda r: int(r.split()[1]))
+
+    def chrome_trace(self, path=None, process="forecast"):
+        """The Chrome trace JSON (torch.profiler's export format; Perfetto reads it): one
+        row per resource, times in microseconds."""
+        rows = {r: k for k, r in enumerate(dict.fromkeys(op.resource for op in self.ops))}
+        events = [{"name": r, "ph": "M", "pid": 0, "tid": k, "args": {"name": r}} for r, k in rows.items()]
+        events.append({"name": "process_name", "ph": "M", "pid": 0, "args": {"name": process}})
+        events += [{"name": op.name, "ph": "X", "pid": 0, "tid": rows[op.resource], "ts": 1e6 * op.start,
+                    "dur": 1e6 * op.duration, "args": op.args} for op in self.ops if op.duration > 0]
+        trace = {"traceEvents": events, "displayTimeUnit": "ms"}
+        if path is not None:
+            from datasets.files import write_json
+            write_json(Path(path), trace)
+        return trace
+
+
+def _send(tl, src, dst, nbytes, link, dep, name):
+    """A message from device src to dst after ``dep``; None when it takes no time."""
+    duration = link.seconds(nbytes)
+    if duration == 0:
+        return dep
+    return tl.add(name, f"link {src}->{dst}", duration, (dep,))
+
+
+def backprop(stage, batches):
+    """One device: the whole network is ``stage``."""
+    tl = Timeline()
+    for b in range(batches):
+        tl.add(f"F{b}", "device 0", stage.forward, batch=b)
+        tl.add(f"B{b}", "device 0", stage.backward + stage.extra, batch=b)
+        tl.add(f"step{b}", "device 0", stage.step, batch=b)
+    return tl
+
+
+def ring_allreduce_s(nbytes, m, link):
+    """A ring all-reduce of ``nbytes`` over m devices: 2 (m-1) steps of nbytes / m each."""
+    if m == 1:
+        return 0.0
+    return 2 * (m - 1) * link.seconds(nbytes / m)
+
+
+def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20):
+    """DDP on m devices, one device simulated (they are alike): ``layers`` is a list of
+    StageCost, one per layer at the per-device batch, in forward order.  Buckets are
+    filled in backward order (torch's reverse-order buckets of ``bucket_bytes``), each
+    all-reduced when its last layer's backward is done; the step waits for them all."""
+    tl = Timeline()
+    for b in range(batches):
+        for j, layer in enumerate(layers):
+            tl.add(f"F{b}.{j}", "device 0", layer.forward, batch=b, layer=j)
+        pending, filled, reduces = 0, 0, []
+        for j in reversed(range(len(layers))):
+            done = tl.add(f"B{b}.{j}", "device 0", layers[j].backward, batch=b, layer=j)
+            pending += layers[j].param_bytes
+            filled += 1
+            if pending >= bucket_bytes or j == 0:
+                reduces.append(tl.add(f"allreduce{b}.{j}", "ring", ring_allreduce_s(pending, m, link), (done,),
+                                      batch=b, bytes=pending))
+                pending = 0
+        tl.add(f"step{b}", "device 0", sum(layer.step for layer in layers), reduces, batch=b)
+    return tl
+
+
+def _gpipe(s, m, mbs):
+    return [("F", j) for j in range(mbs)] + [("B", j) for j in range(mbs)]
+
+
+def _1f1b(s, m, mbs):
+    """torch's Schedule1F1B order on stage s of m: min(mbs, m - s) forwards, then a
+    backward and a forward in turn while forwards are left, then the backwards left."""
+    warm = min(mbs, m - s)
+    ops, f, b = [("F", j) for j in range(warm)], warm, 0
+    while b < mbs:
+        ops.append(("B", b))
+        b += 1
+        if f < mbs:
+            ops.append(("F", f))
+            f += 1
+    return ops
+
+
+ORDERS = {"gpipe": _gpipe, "1f1b": _1f1b}
+
+
+def place(tl, programs, stages, link, receives_gradients=True):
+    """Each stage's program (a list of ("F", id), ("B", id), ("step", id)) on its device,
+    in its order.  F of stage s waits for the state of the same id from stage s - 1; B of
+    a stage before the last waits for the gradient at its output (unless no gradient
+    travels back: a local rule); states and gradients travel on the links.  Stages are
+    placed in turns, each as far as its dependencies exist, so that every operation is
+    added after those it waits for."""
+    m, state, grad = len(stages), {}, {}
+    todo = {s: list(program) for s, program in enumerate(programs)}
+    while any(todo.values()):
+        moved = False
+        for s in range(m):
+            while todo[s]:
+                kind, j = todo[s][0]
+                c = stages[s]
+                if kind == "F":
+                    if s > 0 and (s, j) not in state:
+                        break
+                    op = tl.add(f"F{j}", f"device {s}", c.forward, (state.get((s, j)),), id=j)
+                    if s < m - 1:
+                        state[(s + 1, j)] = _send(tl, s, s + 1, c.out_bytes, link, op, f"state{j}")
+                elif kind == "B":
+                    waits = receives_gradients and s < m - 1
+                    if waits and (s, j) not in grad:
+                        break
+                    op = tl.add(f"B{j}", f"device {s}", c.backward + (c.extra if s < m - 1 else 0.0),
+                                (grad.get((s, j)),), id=j)
+                    if s > 0 and receives_gradients:
+                        grad[(s - 1, j)] = _send(tl, s, s - 1, stages[s - 1].out_bytes, link, op, f"grad{j}")
+                else:
+                    tl.add(f"step{j}", f"device {s}", c.step, id=j)
+                todo[s].pop(0)
+                moved = True
+        if not moved:
+            raise RuntimeError("schedule deadlock: " + ", ".join(f"stage {s} at {todo[s][0]}" for s in todo
+                                                                   if todo[s]))
+    return tl
+
+
+def synchronous_pipeline(stages, batches, microbatches, link, order="gpipe"):
+    """GPipe or 1F1B over len(stages) devices, ``stages`` at the micro-batch size; each
+    batch ends with every stage's step (a flush)."""
+    m = len(stages)
+    programs = [[(kind, (b, j)) for b in range(batches)
+                 for kind, j in ORDERS[order](s, m, microbatches) + [("step", None)]] for s in range(m)]
+    return place(Timeline(), programs, stages, link)
+
+
+def decoupled_pipeline(stages, batches, delays, link, receives_gradients=True):
+    """Our pipeline with a rule: stage s (all but the last) runs the forward of batch b,
+    sends its output on and, with true gradients, the backward and step of batch
+    b - delays[s] (after its gradient has come back; at the end of the epoch those
+    still owed); without (a local rule) its own backward and step at once.  The last
+    stage runs forward, backward and step of each batch and sends the gradient back.
+    ``delays[s]`` = 0 is the exact rule."""
+    m, programs = len(stages), []
+    for s in range(m):
+        k = 0 if s == m - 1 or not receives_gradients else delays[s]
+        program = []
+        for b in range(batches):
+            program.append(("F", b))
+            if b - k >= 0:
+                program += [("B", b - k), ("step", b - k)]
+        program += [op for late in range(max(batches - k, 0), batches) for op in (("B", late), ("step", late))]
+        programs.append(program)
+    return place(Timeline(), programs, stages, link, receives_gradients)
+
+
+def in_flight(tl, device):
+    """The most (micro)batches whose forward has run on ``device`` and whose backward has
+    not: how many sets of activations it keeps at once."""
+    now = peak = 0
+    for op in sorted((op for op in tl.ops if op.resource == device), key=lambda op: op.start):
+        now += {"F": 1, "B": -1}.get(op.name[0], 0)
+        peak = max(peak, now)
+    return peak
+
+
+def summary(tl, batches_per_epoch, batches):
+    """Seconds per epoch (the simulated batches' span, scaled), and each device's busy fraction."""
+    span = tl.makespan
+    return {"epoch_s": span * batches_per_epoch / batches,
+            "busy": [tl.busy(d) / span if span else 0.0 for d in tl.devices()]}
+
+
+def save_trace(tl, path, process):
+    Path(path).write_text(json.dumps(tl.chrome_trace(process=process)))
