@@ -15,6 +15,7 @@ the default here and is no command-line option of that script.
     MultilevelRun    distMulti, testParallelNet               pipeline_experiments.distributed_multilevel / multilevel
     PVDRun           PVD                                      pvd_experiments.train_pvd
     RaceRun          race                                     race.race_main
+    ForecastRun      forecast                                 forecast.forecast_main
     StabilityRun     stability                                stability_experiments.stability_main
 """
 from __future__ import annotations
@@ -210,6 +211,30 @@ class RaceRun(NetworkFields, RunConfig):
         from .race import check_race
 
         check_race(self, meta)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForecastRun(NetworkFields, RunConfig):
+    """Each trainer's seconds per epoch on M devices, from a profile taken here (forecast.py)."""
+    DATASET: str = "FASHION"
+    N: int = 16
+    WIDTH: int = 784
+    TRAIN_SAMPLES: int = 0
+    BATCH_SIZE: int = 128
+    TRAINERS: str = "bp-all"
+    DEVICES: str = "1,2,4,8,16"
+    LINK: str = "nvlink4"
+    MICROBATCHES: int = 4
+    VALIDATE: bool = False
+    VALIDATE_SAMPLES: int = 4096
+    REPEATS: int = 5
+
+    has_rules = True
+
+    def check(self, meta):
+        from .forecast import check_forecast
+
+        check_forecast(self)
 
 
 @dataclass(frozen=True, kw_only=True)

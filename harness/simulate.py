@@ -180,10 +180,10 @@ def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20):
     tl = Timeline()
     for b in range(batches):
         for j, layer in enumerate(layers):
-            tl.add(f"F{b}.{j}", "device 0", layer.forward, batch=b, layer=j)
+            tl.add(f"f{b}.{j}", "device 0", layer.forward, batch=b, layer=j)
         pending, filled, reduces = 0, 0, []
         for j in reversed(range(len(layers))):
-            done = tl.add(f"B{b}.{j}", "device 0", layers[j].backward, batch=b, layer=j)
+            done = tl.add(f"b{b}.{j}", "device 0", layers[j].backward, batch=b, layer=j)
             pending += layers[j].param_bytes
             filled += 1
             if pending >= bucket_bytes or j == 0:
@@ -284,8 +284,9 @@ def decoupled_pipeline(stages, batches, delays, link, receives_gradients=True):
 
 
 def in_flight(tl, device):
-    """The most (micro)batches whose forward has run on ``device`` and whose backward has
-    not: how many sets of activations it keeps at once."""
+    """The most (micro)batches whose forward ("F...") has run on ``device`` and whose
+    backward ("B...") has not: how many sets of activations it keeps at once (DDP's
+    per-layer operations, "f..." and "b...", are one batch's)."""
     now = peak = 0
     for op in sorted((op for op in tl.ops if op.resource == device), key=lambda op: op.start):
         now += {"F": 1, "B": -1}.get(op.name[0], 0)

@@ -175,7 +175,12 @@ def in_flight(max_in_flight, stage):
     forward passes of stages i+1 ... M-1 and the backward passes back, about M - 1 - i
     batches later (PipeDream's 1F1B), so that a run in one process (loopback) has the
     staleness of the pipeline on M devices."""
-    return max_in_flight or max(stage.cnet.num_stages - 1 - stage.i, 1)
+    return delay(max_in_flight, stage.i, stage.cnet.num_stages)
+
+
+def delay(max_in_flight, i, m):
+    """``in_flight`` of stage i of m."""
+    return max_in_flight or max(m - 1 - i, 1)
 
 
 @register

@@ -1,0 +1,518 @@
+"""Each trainer's seconds per epoch on M devices, forecast from a profile taken here.
+
+The profile (``profile_network``) times, on this process's device and threads, each
+layer's forward and backward pass and its optimiser step (Adam), the opening layer and
+the classifier with its loss, at every batch size a trainer runs (B; B / MICROBATCHES for
+GPipe and 1F1B; B / M for DDP), and counts the bytes of each cut's state and each layer's
+parameters.  A rule's extra work at a stage is what the balancer measures for it
+(``synthetic.balance.measure_costs``: its module or head at the cut, its further passes)
+less what it measures for backprop on the same cuts.  Cuts are the balancer's
+(``balanced_bounds``) on the rule's costs.
+
+``forecast`` turns the profile into each stage's costs (``simulate.StageCost``), runs the
+trainer's schedule over a whole epoch (``harness.simulate``) and gives its seconds per
+epoch, each device's busy fraction and each device's peak memory: parameters, their
+gradients and Adam's two moments (4 x the parameters' bytes), the activations of the
+(micro)batches in flight at once (from the simulated order), and a stash of the stage's
+weights per batch in flight for the rules that keep one (delayed, predicted,
+accumulated, local-delayed).  The trainers forecast are backprop (bp-1t, bp-all: one
+device), ddp, gpipe, 1f1b and pipeline-<rule>; multilevel and PVD are not.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from models.devices import sync
+from models.training import make_optimizer
+from synthetic.balance import balanced_bounds, measure_costs
+from synthetic.rules import Delayed, Replay, delay, rule_class
+
+from . import simulate
+from .simulate import LINKS, Link, StageCost
+
+FORECAST_TRAINERS = ("bp-1t", "bp-all", "ddp", "gpipe", "1f1b")  # and pipeline-<rule>
+
+
+@dataclass
+class LayerTimes:
+    """Seconds of each piece of the network at one batch size."""
+
+    forward: list  # layer j's forward pass
+    backward: list  # layer j's backward pass
+    step: list  # Adam's step over layer j's parameters
+    first: tuple = (0.0, 0.0, 0.0)  # the opening layer: forward, backward, step
+    last: tuple = (0.0, 0.0, 0.0)  # classifier and loss
+
+
+@dataclass
+class Profile:
+    """What the forecast needs of a network: times per batch size, bytes per sample."""
+
+    times: dict  # batch size -> LayerTimes
+    state_bytes: list  # bytes per sample of the state entering layer j (j = 0 .. n), the cut after j - 1
+    param_bytes: list  # bytes of layer j's parameters
+    first_param_bytes: int = 0
+    last_param_bytes: int = 0
+    extra: dict = field(default_factory=dict)  # (rule, M) -> each stage's extra seconds at batch B
+    bounds: dict = field(default_factory=dict)  # (rule, M) -> the balanced cuts
+
+    @property
+    def n_layers(self):
+        return len(self.param_bytes)
+
+
+def _nbytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def time_layers(net, x, y, repeats=5):
+    """LayerTimes of ``net`` on batch (x, y): the median over ``repeats`` rounds (after one
+    unmeasured), every piece once a round, so that a drift of the machine's speed falls on
+    all of them alike."""
+    net = copy.deepcopy(net).to(x.device).train()
+    n = net.n_layers
+    with torch.no_grad():
+        states = [net.initial_state(x)]
+        for j in range(n):
+            states.append(net.step(j, states[-1]))
+    groups = [net.layer_parameters(j, j + 1) for j in range(n)]
+    lift = list(net.lift.parameters()) if net.lift is not None else []
+    groups += [lift, list(net.classifier.parameters())]
+    optimizers = [make_optimizer("adam", g, 1e-9) if g else None for g in groups]
+
+    def clock(fn):
+        sync(x.device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(x.device)
+        return time.perf_counter() - t0, out
+
+    def one_round():
+        f, b, s = [], [], []
+        for j in range(n + 2):
+            if j < n:
+                inp = tuple(t.detach().requires_grad_() for t in states[j])
+                tf, out = clock(lambda: net.step(j, inp))
+                tb, _ = clock(lambda: torch.autograd.backward(out, [torch.ones_like(t) for t in out]))
+            elif j == n:
+                tf, out = clock(lambda: [t for t in net.initial_state(x) if t.requires_grad])
+                tb, _ = clock(lambda: torch.autograd.backward(out, [torch.ones_like(t) for t in out]) if out else None)
+            else:
+                inp = tuple(t.detach().requires_grad_() for t in states[-1])
+                tf, loss = clock(lambda: F.cross_entropy(net.classify(inp), y))
+                tb, _ = clock(loss.backward)
+            opt = optimizers[j]
+            ts = clock(opt.step)[0] if opt is not None and any(p.grad is not None for p in groups[j]) else 0.0
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+            f.append(tf)
+            b.append(tb)
+            s.append(ts)
+        return f, b, s
+
+    one_round()
+    rounds = [one_round() for _ in range(repeats)]
+    med = [[statistics.median(r[k][j] for r in rounds) for j in range(n + 2)] for k in range(3)]
+    return LayerTimes(med[0][:n], med[1][:n], med[2][:n], tuple(m[n] for m in med), tuple(m[n + 1] for m in med))
+
+
+def profile_network(net, x, y, batch_sizes, repeats=5):
+    """The Profile of ``net``, timed at each of ``batch_sizes`` on the first samples of (x, y)."""
+    times = {b: time_layers(net, x[:b], y[:b], repeats) for b in sorted(set(batch_sizes))}
+    with torch.no_grad():
+        probe = x[:1]
+        states = [net.initial_state(probe)]
+        for j in range(net.n_layers):
+            states.append(net.step(j, states[-1]))
+    lift = list(net.lift.parameters()) if net.lift is not None else []
+    return Profile(times, [_nbytes(s) for s in states],
+                   [_nbytes(net.layer_parameters(j, j + 1)) for j in range(net.n_layers)],
+                   _nbytes(lift), _nbytes(list(net.classifier.parameters())))
+
+
+def add_rule(profile, costs, rule, m):
+    """Cuts into m stages balanced on ``rule``'s ``costs`` (``measure_costs``), and each
+    stage's extra seconds for the rule (its work at the stage's cut, its further passes)."""
+    bounds = balanced_bounds(costs, m)
+    profile.bounds[(rule, m)] = bounds
+    profile.extra[(rule, m)] = [costs.cuts.get(b, 0.0) + sum(costs.forward_again[a:b]) if s < m - 1 else 0.0
+                                for s, (a, b) in enumerate(bounds)]
+    return bounds
+
+
+def stage_costs(profile, bounds, batch, extra=None):
+    """StageCost of each stage of ``bounds`` at ``batch`` samples."""
+    t = profile.times[batch]
+    out = []
+    for s, (a, b) in enumerate(bounds):
+        fwd, bwd, step = sum(t.forward[a:b]), sum(t.backward[a:b]), sum(t.step[a:b])
+        params = sum(profile.param_bytes[a:b])
+        if s == 0:
+            fwd, bwd, step, params = fwd + t.first[0], bwd + t.first[1], step + t.first[2], \
+                params + profile.first_param_bytes
+        if s == len(bounds) - 1:
+            fwd, bwd, step, params = fwd + t.last[0], bwd + t.last[1], step + t.last[2], \
+                params + profile.last_param_bytes
+        out.append(StageCost(forward=fwd, backward=bwd, step=step, extra=(extra or [0.0] * len(bounds))[s],
+                             out_bytes=profile.state_bytes[b] * batch,
+                             param_bytes=params, activation_bytes=sum(profile.state_bytes[a:b]) * batch))
+    return out
+
+
+def per_device_batches(trainer, batch, m, microbatches):
+    if m == 1 or trainer in ("bp-1t", "bp-all"):
+        return [batch]
+    if trainer == "ddp":
+        return [batch // m]
+    if trainer in ("gpipe", "1f1b"):
+        return [batch // microbatches]
+    return [batch]
+
+
+def _memory_mb(stage, in_flight_count, stash):
+    state = 4 * stage.param_bytes  # weights, gradients, Adam's two moments
+    kept = stage.activation_bytes * in_flight_count
+    return (state + kept + (stage.param_bytes * in_flight_count if stash else 0)) / 2 ** 20
+
+
+def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace_batches=0):
+    """{epoch_s, busy, memory_mb, delays} of ``trainer`` on ``m`` devices for an epoch of
+    ``batches`` batches of ``batch``; with ``trace_batches``, also the Timeline of that
+    many batches (``trace``)."""
+    n = profile.n_layers
+    rule = trainer.split("-", 1)[1] if trainer.startswith("pipeline-") else None
+    delays = None
+
+    def build(count):
+        nonlocal delays
+        if m == 1 or trainer in ("bp-1t", "bp-all"):
+            (whole,) = stage_costs(profile, [(0, n)], batch)
+            return simulate.backprop(whole, count), [whole], False
+        if trainer == "ddp":
+            share = batch // m
+            t = profile.times[share]
+            layers = [StageCost(t.forward[j], t.backward[j], t.step[j], param_bytes=profile.param_bytes[j],
+                                activation_bytes=profile.state_bytes[j] * share) for j in range(n)]
+            layers[0].forward += t.first[0]
+            layers[0].backward += t.first[1]
+            layers[-1].forward += t.last[0]
+            layers[-1].backward += t.last[1]
+            layers[-1].step += t.last[2] + t.first[2]
+            whole = StageCost(sum(c.forward for c in layers), sum(c.backward for c in layers),
+                              param_bytes=sum(profile.param_bytes) + profile.first_param_bytes
+                              + profile.last_param_bytes, activation_bytes=sum(c.activation_bytes for c in layers))
+            return simulate.ddp(layers, count, m, link), [whole] * m, False
+        if trainer in ("gpipe", "1f1b"):
+            stages = stage_costs(profile, profile.bounds[("exact", m)], batch // microbatches)
+            return simulate.synchronous_pipeline(stages, count, microbatches, link, trainer), stages, False
+        cls = rule_class(rule)
+        bounds = profile.bounds[(rule, m)]
+        stages = stage_costs(profile, bounds, batch, profile.extra[(rule, m)])
+        delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
+        tl = simulate.decoupled_pipeline(stages, count, delays, link, cls.receives_gradients)
+        stash = issubclass(cls, Delayed) and not issubclass(cls, Replay)
+        return tl, stages, stash
+
+    tl, stages, stash = build(batches)
+    tl.run()
+    span = tl.makespan
+    devices = tl.devices()
+    memory = [_memory_mb(stages[k] if k < len(stages) else stages[-1], max(simulate.in_flight(tl, d), 1), stash)
+              for k, d in enumerate(devices)]
+    out = {"epoch_s": span, "busy": [tl.busy(d) / span if span else 0.0 for d in devices],
+           "memory_mb": memory, "delays": delays}
+    if trace_batches:
+        out["trace"] = build(trace_batches)[0].run()
+    return out
+
+
+def parse_link(text):
+    """LINK: a preset name, or "GBPS,LATENCY_US" (ValueError otherwise); "measured" is
+    handled by the caller."""
+    if text in LINKS:
+        return LINKS[text]
+    try:
+        gbps, latency = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"LINK must be measured, one of {', '.join(LINKS)}, or GBPS,LATENCY_US such as "
+                         f"10,30; got {text!r}") from None
+    if gbps <= 0 or latency < 0:
+        raise ValueError(f"LINK {text!r}: the bandwidth must be > 0 and the latency >= 0")
+    return Link(gbps, latency * 1e-6, f"{gbps:g} Gb/s, {latency:g} us")
+
+
+def link_worker(ctx, sizes, repeats):
+    """Rank 0 and 1 bounce a tensor of each size (bytes) ``repeats`` times over the group's
+    transport; rank 0 returns {size: median one-way seconds}."""
+    import torch.distributed as dist
+
+    out = {}
+    for size in sizes:
+        buf = torch.zeros(max(size // 4, 1), device=ctx.device)
+        times = []
+        for k in range(repeats + 2):
+            dist.barrier()
+            t0 = time.perf_counter()
+            if ctx.rank == 0:
+                dist.send(buf, 1)
+                dist.recv(buf, 1)
+            else:
+                dist.recv(buf, 0)
+                dist.send(buf, 0)
+            if k >= 2:
+                times.append((time.perf_counter() - t0) / 2)
+        out[size] = statistics.median(times)
+    return out if ctx.rank == 0 else None
+
+
+def measure_link(device="cpu", sizes=(4, 2 ** 16, 2 ** 20, 2 ** 23), repeats=20):
+    """This machine's transport between two processes as a Link: latency the one-way time
+    of the smallest message, bandwidth the slope between the smallest and the largest."""
+    from .launch import launch
+
+    times = launch(link_worker, 2, (list(sizes), repeats), threads=1, device=device)
+    small, large = min(sizes), max(sizes)
+    slope = (times[large] - times[small]) / (large - small)
+    return Link(8 / slope / 1e9 if slope > 0 else float("inf"), times[small],
+                f"measured here: {8 / slope / 1e9:.2f} Gb/s, {1e6 * times[small]:.0f} us"), times
+
+
+# ---- the entry script's experiment (scripts/forecast.py) ------------------------------------
+
+VALIDATION_NETS = (("verlet", False, 16), ("resnet", False, 16), ("verlet", True, 6))  # CHOICE, CONV, N
+
+
+def forecastable():
+    """The trainers the forecast knows: backprop, the torch peers, the pipeline with each rule."""
+    from synthetic.rules import RULES
+
+    return (*FORECAST_TRAINERS, *(f"pipeline-{r}" for r in RULES))
+
+
+def parse_devices(text):
+    try:
+        devices = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        devices = []
+    if not devices or min(devices) < 1 or len(set(devices)) != len(devices):
+        raise ValueError(f"DEVICES must be distinct counts >= 1 separated by commas, such as 1,2,4,8; got {text!r}")
+    return sorted(devices)
+
+
+def trainer_list(text):
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    for name in names:
+        if name not in forecastable():
+            raise ValueError(f"unknown or unforecast trainer {name!r}; valid: {', '.join(forecastable())}")
+    if not names:
+        raise ValueError("TRAINERS names no trainer")
+    return names
+
+
+def check_forecast(cfg):
+    """forecast.py's own rules (UsageError: one line, exit status 2)."""
+    from .cli import UsageError, check
+
+    try:
+        devices, names = parse_devices(cfg.DEVICES), trainer_list(cfg.TRAINERS)
+        if cfg.LINK != "measured":
+            parse_link(cfg.LINK)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    many = [m for m in devices if m > 1]
+    if any(t in names for t in ("gpipe", "1f1b")):
+        check(cfg.BATCH_SIZE % cfg.MICROBATCHES == 0,
+              f"BATCH_SIZE {cfg.BATCH_SIZE} does not split into MICROBATCHES={cfg.MICROBATCHES} micro-batches")
+    if "ddp" in names and many:
+        check(cfg.BATCH_SIZE >= max(many), f"DDP shares a batch of {cfg.BATCH_SIZE} among {max(many)} devices: "
+                                           "BATCH_SIZE must be at least the largest of DEVICES")
+    if any(t not in ("bp-1t", "bp-all", "ddp") for t in names) and many:
+        check(cfg.N >= max(many), f"N ({cfg.N}) layers cannot be cut into {max(many)} stages (DEVICES)")
+
+
+def rules_of(names, devices):
+    """(rule, M) pairs whose cuts and extra work the forecast needs."""
+    rules = {t.split("-", 1)[1] for t in names if t.startswith("pipeline-")}
+    if any(t in names for t in ("gpipe", "1f1b")):
+        rules.add("exact")
+    return [(r, m) for r in sorted(rules) for m in devices if m > 1]
+
+
+def batch_sizes(names, batch, devices, microbatches):
+    return sorted({b for t in names for m in devices for b in per_device_batches(t, batch, m, microbatches)})
+
+
+def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
+    t0 = time.perf_counter()
+    profile = profile_network(net, x, y, batch_sizes(names, len(y), devices, microbatches), repeats)
+    costs = {}
+    for rule, m in rules_of(names, devices):
+        if rule not in costs:
+            costs[rule] = measure_costs(net, x, y, rule=rule, repeats=repeats)
+        add_rule(profile, costs[rule], rule, m)
+    log(f"profile: {profile.n_layers} layers at batch sizes {sorted(profile.times)}, "
+        f"{len(profile.bounds)} cuts, {time.perf_counter() - t0:.1f} s")
+    return profile
+
+
+def scaled(profile, factor):
+    """The profile with every compute time times ``factor`` (processes sharing the machine)."""
+    def times(t):
+        return LayerTimes(*([v * factor for v in t.forward], [v * factor for v in t.backward],
+                            [v * factor for v in t.step]), tuple(v * factor for v in t.first),
+                          tuple(v * factor for v in t.last))
+    return Profile({b: times(t) for b, t in profile.times.items()}, profile.state_bytes, profile.param_bytes,
+                   profile.first_param_bytes, profile.last_param_bytes,
+                   {k: [v * factor for v in e] for k, e in profile.extra.items()}, dict(profile.bounds))
+
+
+def sharing_worker(ctx, net, x, y, repeats):
+    """Every rank times the layers at once: the compute of processes sharing the machine."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    t = time_layers(net, x, y, repeats)
+    return t if ctx.is_main else None
+
+
+def sharing_factor(net, x, y, processes=2, repeats=5):
+    """How much slower a layer's compute is when ``processes`` one-thread processes
+    compute at once than alone: the ratio of the summed medians."""
+    from .launch import launch
+
+    with _threads(1):
+        alone = time_layers(net, x, y, repeats)
+    together = launch(sharing_worker, processes, (net, x, y, repeats), threads=1, device="cpu")
+
+    def total(t):
+        return sum(t.forward) + sum(t.backward) + sum(t.step)
+    return total(together) / total(alone)
+
+
+class _threads:
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def forecast_table(profile, names, devices, *, batch, batches, link, microbatches):
+    """{trainer: {M: {epoch_s, busy, memory_mb, delays}}}."""
+    return {t: {m: {k: v for k, v in forecast(profile, t, m, batch=batch, batches=batches, link=link,
+                                                 microbatches=microbatches).items()}
+                for m in devices} for t in names}
+
+
+def format_table(table, devices):
+    head = f"{'trainer (forecast)':<24}" + "".join(f"{f'M = {m}':>22}" for m in devices)
+    rows = [head]
+    for t, by_m in table.items():
+        cells = []
+        for m in devices:
+            f = by_m[m]
+            cells.append(f"{f['epoch_s']:9.2f} s {statistics.fmean(f['busy']):4.0%} "
+                         f"{max(f['memory_mb']):5.0f}MB")
+        rows.append(f"{t:<24}" + "".join(f"{c:>22}" for c in cells))
+    return "\n".join(rows) + "\n(seconds per epoch, mean busy fraction of the devices, largest device memory)"
+
+
+def validate(cfg, log=print):
+    """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
+    x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
+    (harness.race's trainers, one epoch of VALIDATE_SAMPLES images) against the forecast
+    from a one-thread profile taken alone, scaled by the measured sharing factor for the
+    2-process runs, over the measured link."""
+    from .experiment import build, load_data
+    from .experiment import validate as validate_cfg
+    from .race import Race, run_trainer
+
+    names = [t for t in trainer_list(cfg.TRAINERS) if t != "bp-all"]
+    link, _ = measure_link()
+    log(f"link: {link.name}")
+    rows = []
+    for choice, conv, n in VALIDATION_NETS:
+        vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES)
+        meta, arch, _ = validate_cfg(vcfg)
+        data = load_data(vcfg, log=lambda *a, **k: None)
+        for batch in (cfg.BATCH_SIZE, cfg.BATCH_SIZE // 2):
+            sub = data.head(len(data.y_train) - len(data.y_train) % batch)
+            net = build(vcfg, arch, meta)
+            x, y = sub.x_train[:batch], sub.y_train[:batch]
+            with _threads(1):
+                profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
+            share = sharing_factor(net, x, y, 2, cfg.REPEATS)
+            race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
+                        n_layers=n, h=vcfg.STEP, data=sub, epochs=1, batch_size=batch, lr=1e-3,
+                        rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
+                        microbatches=cfg.MICROBATCHES)
+            batches = len(sub.y_train) // batch
+            for t in names:
+                m = 1 if t == "bp-1t" else 2
+                with _threads(1):
+                    curve, _, _ = run_trainer(t, race)
+                measured = curve[-1]["seconds"]
+                predicted = forecast(profile if m == 1 else scaled(profile, share), t, m, batch=batch,
+                                     batches=batches, link=link, microbatches=cfg.MICROBATCHES)["epoch_s"]
+                row = {"trainer": t, "devices": m, "workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
+                       "measured_epoch_s": measured, "forecast_epoch_s": predicted,
+                       "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0}
+                rows.append(row)
+                log(f"  {row['workload']:<22} {t:<20} M={m}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
+                    f"({row['error']:+.1%})")
+    return rows, link
+
+
+def forecast_main(cfg):
+    """Profile, forecast every trainer on every M, write forecast.json and the traces,
+    validate with VALIDATE, and print the RESULT line."""
+    from .experiment import build, open_run
+    from .rundir import emit_result
+
+    o = open_run(cfg)
+    cfg, run = o.cfg, o.run
+    names, devices = trainer_list(cfg.TRAINERS), parse_devices(cfg.DEVICES)
+    data = o.data
+    batch = cfg.BATCH_SIZE
+    batches = len(data.y_train) // batch
+    net = build(cfg, o.arch, o.meta, o.device)
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    print(f"forecast of {len(names)} trainers on {devices} devices: {cfg.N} layers of {o.arch} "
+          f"({'conv' if cfg.CONV else 'dense'}) on {o.meta.name}, batch {batch}, {batches} batches an epoch; "
+          f"profile on {o.device} ({torch.get_num_threads()} threads); results in {run.path}", flush=True)
+    profile = take_profile(net, x, y, names, devices, cfg.MICROBATCHES, cfg.REPEATS)
+    link = measure_link(str(o.device) if o.device.type == "cpu" else "cpu")[0] if cfg.LINK == "measured" \
+        else parse_link(cfg.LINK)
+    print(f"link: {link.name or cfg.LINK}")
+    table = forecast_table(profile, names, devices, batch=batch, batches=batches, link=link,
+                           microbatches=cfg.MICROBATCHES)
+    print(format_table(table, devices))
+    top = max(devices)
+    for t in names:
+        tl = forecast(profile, t, top, batch=batch, batches=min(batches, 2 * top + 2), link=link,
+                      microbatches=cfg.MICROBATCHES, trace_batches=min(batches, 2 * top + 2))["trace"]
+        tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
+    validation, errors = [], {}
+    if cfg.VALIDATE:
+        validation, _ = validate(cfg)
+        errs = sorted(abs(r["error"]) for r in validation)
+        errors = {"validation_median_error": statistics.median(errs), "validation_max_error": errs[-1]}
+        print(f"validation: median error {errors['validation_median_error']:.1%}, worst "
+              f"{errors['validation_max_error']:.1%} over {len(errs)} runs")
+    out = {"forecast": {t: {str(m): {k: f[k] for k in ("epoch_s", "busy", "memory_mb", "delays")}
+                            for m, f in by_m.items()} for t, by_m in table.items()},
+           "link": {"name": link.name, "gbps": link.gbps, "latency_s": link.latency_s},
+           "validation": validation, **errors}
+    run.save_json("forecast.json", out)
+    emit_result({"dataset": o.meta.name, "architecture": o.arch, **out, "run_dir": str(run.path)},
+                keys=("forecast", "validation", "run_dir"))  # it trains nothing: no accuracies

@@ -1,0 +1,81 @@
+"""scripts/forecast.py and harness/forecast.py: bad input exits 2 with one line; the
+forecast of a measured profile has the shape and the orderings the schedules imply."""
+import json
+
+import pytest
+import torch
+
+import datasets
+from harness.forecast import Profile, LayerTimes, add_rule, forecast, profile_network, stage_costs
+from harness.simulate import LINKS
+from models import build_model
+from synthetic.balance import Costs
+from tests.helpers import refused, run_main
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--devices", "0,2", "DEVICES must be distinct counts >= 1 separated by commas, such as 1,2,4,8; got '0,2'"),
+    ("--devices", "2,x", "DEVICES must be distinct counts >= 1 separated by commas, such as 1,2,4,8; got '2,x'"),
+    ("--link", "fast", "LINK must be measured, one of nvlink4, pcie4, ib100, 10gbe, free, or GBPS,LATENCY_US such "
+                       "as 10,30; got 'fast'"),
+    ("--link", "0,5", "LINK '0,5': the bandwidth must be > 0 and the latency >= 0"),
+    ("--trainers", "bp-all,pvd", "unknown or unforecast trainer 'pvd'; valid: "),
+])
+def test_bad_devices_link_or_trainers_exit_2_with_one_line(tmp_path, flag, value, message):
+    code, err = refused("forecast", "--dataset", "DIGITS", flag, value, "--results-dir", tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.strip().startswith(f"error: {message}"), err
+
+
+def test_the_script_forecasts_every_trainer_on_every_count_and_writes_traces(tmp_path):
+    result, out = run_main("forecast", "--dataset", "DIGITS", "--n", "4", "--width", "64", "--batch-size", "32",
+                           "--devices", "1,2,4", "--repeats", "1", "--link", "10gbe",
+                           "--trainers", "bp-all,ddp,gpipe,1f1b,pipeline-delayed,pipeline-local",
+                           "--results-dir", tmp_path)
+    table = result["forecast"]
+    assert set(table) == {"bp-all", "ddp", "gpipe", "1f1b", "pipeline-delayed", "pipeline-local"}
+    for trainer, by_m in table.items():
+        assert set(by_m) == {"1", "2", "4"}
+        assert by_m["1"]["epoch_s"] == pytest.approx(table["bp-all"]["1"]["epoch_s"])  # one device: backprop
+        assert len(by_m["4"]["busy"]) == (1 if trainer == "bp-all" else 4 if trainer != "ddp" else 1)
+        assert all(0 < b <= 1 + 1e-9 for b in by_m["4"]["busy"]) and min(by_m["4"]["memory_mb"]) > 0
+    assert table["pipeline-delayed"]["4"]["delays"][:3] == [3, 2, 1]  # M - 1 - i: every device busy
+    assert "(seconds per epoch, mean busy fraction" in out
+    run_dir = tmp_path / "forecast"
+    (run,) = run_dir.iterdir()
+    trace = json.loads((run / "forecast_trace_pipeline-local_M4.json").read_text())
+    assert {e["tid"] for e in trace["traceEvents"] if e["ph"] == "X"} >= {0, 1, 2, 3}
+
+
+def test_a_balanced_pipeline_forecast_is_a_quarter_of_backprop_on_four_free_devices():
+    """Hand-made profile: 8 identical layers, no opening layer, classifier or step; the
+    pipeline's stages are balanced, the link free: an epoch on 4 devices takes a quarter
+    of one device's, less the fill; GPipe's bubble is (M - 1)/(microbatches + M - 1)."""
+    t = LayerTimes([1.0] * 8, [2.0] * 8, [0.0] * 8)
+    half = LayerTimes([0.5] * 8, [1.0] * 8, [0.0] * 8)
+    profile = Profile({64: t, 16: half}, [4 * 64] * 9, [1000] * 8)
+    costs = Costs([3.0] * 8, cuts={}, forward_again=[])
+    for rule in ("local", "delayed", "exact"):
+        add_rule(profile, costs, rule, 4)
+    assert profile.bounds[("local", 4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    kw = {"batch": 64, "batches": 400, "link": LINKS["free"], "microbatches": 4}
+    one = forecast(profile, "bp-all", 1, **kw)["epoch_s"]
+    assert one == pytest.approx(400 * 24)
+    for rule in ("local", "delayed"):
+        assert forecast(profile, f"pipeline-{rule}", 4, **kw)["epoch_s"] == pytest.approx(one / 4, rel=0.01)
+    gpipe = forecast(profile, "gpipe", 4, **kw)
+    assert 1 - gpipe["busy"][0] == pytest.approx(3 / 7)
+    stages = stage_costs(profile, [(0, 4), (4, 8)], 64)
+    assert [s.out_bytes for s in stages] == [4 * 64 * 64] * 2 and stages[0].forward == 4.0
+
+
+def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
+    data = datasets.load("DIGITS")
+    torch.manual_seed(0)
+    net = build_model("verlet", (1, 8, 8), 10, 4, 0.5, width=64)
+    profile = profile_network(net, data.x_train[:32], data.y_train[:32], [8, 32], repeats=1)
+    assert set(profile.times) == {8, 32} and profile.n_layers == 4
+    assert all(len(t.forward) == 4 and min(t.forward + t.backward) > 0 for t in profile.times.values())
+    assert profile.param_bytes == [4 * (64 * 64 + 64)] * 4
+    assert profile.state_bytes[1] == 2 * 4 * 64  # Verlet's state: Y and Z, 64 floats each a sample
