@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import datasets
-from harness.forecast import Profile, LayerTimes, add_rule, forecast, profile_network, stage_costs
+from harness.forecast import LayerTimes, Profile, add_rule, forecast, profile_network, stage_costs
 from harness.simulate import LINKS
 from models import build_model
 from synthetic.balance import Costs

@@ -1,8 +1,7 @@
 """harness/simulate.py on hand-made costs: the schedules' known times."""
 import pytest
 
-from harness.simulate import LINKS, Link, StageCost, backprop, ddp, decoupled_pipeline, in_flight, \
-    synchronous_pipeline
+from harness.simulate import LINKS, Link, StageCost, backprop, ddp, decoupled_pipeline, in_flight, synchronous_pipeline
 
 FREE = LINKS["free"]
 
