@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from models.devices import sync
 from models.training import make_optimizer
-from synthetic.balance import balanced_bounds, measure_costs
+from synthetic.balance import Costs, balanced_bounds, measure_costs
 from synthetic.rules import Delayed, Replay, delay, rule_class
 
 from . import simulate
@@ -285,7 +285,7 @@ def measure_link(device="cpu", sizes=(4, 2 ** 16, 2 ** 20, 2 ** 23), repeats=20)
 
 # ---- the entry script's experiment (scripts/forecast.py) ------------------------------------
 
-VALIDATION_NETS = (("verlet", False, 16), ("resnet", False, 16), ("verlet", True, 6))  # CHOICE, CONV, N
+VALIDATION_NETS = (("verlet", False), ("resnet", False), ("verlet", True))  # CHOICE, CONV: N layers (conv: 6)
 
 
 def forecastable():
@@ -441,7 +441,8 @@ def validate(cfg, log=print):
     link, _ = measure_link()
     log(f"link: {link.name}")
     rows = []
-    for choice, conv, n in VALIDATION_NETS:
+    for choice, conv in VALIDATION_NETS:
+        n = min(cfg.N, 6) if conv else cfg.N
         vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES)
         meta, arch, _ = validate_cfg(vcfg)
         data = load_data(vcfg, log=lambda *a, **k: None)
@@ -471,6 +472,54 @@ def validate(cfg, log=print):
                 log(f"  {row['workload']:<22} {t:<20} M={m}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
                     f"({row['error']:+.1%})")
     return rows, link
+
+
+SLEEP_DEVICES = (4, 8, 16)
+SLEEP_BATCHES = {"gpipe": 2, "1f1b": 2}  # batches a sleep run times (the pipeline: 8)
+
+
+def validate_sleep(cfg, profile, names, link, min_sleep_s=0.2, log=print):
+    """The sleep workload (``harness.sleep_workload``) of each pipeline trainer of
+    ``names`` on 4, 8 and 16 processes: the profile's stage durations, scaled so that the
+    shortest sleep is ``min_sleep_s``, measured against their forecast over ``link``."""
+    from .sleep_workload import run_sleep, scaled_stages
+
+    rows = []
+    for t in [t for t in names if t in ("gpipe", "1f1b") or t.startswith("pipeline-")]:
+        for m in SLEEP_DEVICES:
+            if m > profile.n_layers:
+                continue
+            if t in ("gpipe", "1f1b"):
+                batch = cfg.BATCH_SIZE // cfg.MICROBATCHES
+                stages = stage_costs(profile, balanced_layers(profile, m), batch)
+                kw = {"microbatches": cfg.MICROBATCHES}
+            else:
+                rule = t.split("-", 1)[1]
+                cls = rule_class(rule)
+                batch = cfg.BATCH_SIZE
+                bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
+                stages = stage_costs(profile, bounds, batch, profile.extra.get((rule, m)))
+                kw = {"delays": [0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
+                                 for s in range(m)], "receives": cls.receives_gradients}
+            stages, k = scaled_stages(stages, min_sleep_s)
+            measured, predicted = run_sleep(t, stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, link, **kw)
+            row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": measured,
+                   "forecast_epoch_s": predicted, "error": predicted / measured - 1}
+            rows.append(row)
+            log(f"  sleep x{k:<5.0f} {t:<20} M={m:<2}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
+                f"({row['error']:+.1%})")
+    return rows
+
+
+def balanced_layers(profile, m, batch=None):
+    """Cuts into m stages balanced on the profile's forward + backward times."""
+    t = profile.times[batch or max(profile.times)]
+    return balanced_bounds(Costs([f + b for f, b in zip(t.forward, t.backward)]), m)
+
+
+def error_summary(rows):
+    errs = sorted(abs(r["error"]) for r in rows)
+    return {"median": statistics.median(errs), "max": errs[-1], "runs": len(errs)} if errs else None
 
 
 def forecast_main(cfg):
@@ -504,11 +553,17 @@ def forecast_main(cfg):
         tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
     validation, errors = [], {}
     if cfg.VALIDATE:
-        validation, _ = validate(cfg)
-        errs = sorted(abs(r["error"]) for r in validation)
-        errors = {"validation_median_error": statistics.median(errs), "validation_max_error": errs[-1]}
-        print(f"validation: median error {errors['validation_median_error']:.1%}, worst "
-              f"{errors['validation_max_error']:.1%} over {len(errs)} runs")
+        real, here = validate(cfg)
+        sleep = validate_sleep(cfg, profile, names, here)
+        validation = real + sleep
+        real_e, sleep_e = error_summary(real), error_summary(sleep)
+        errors = {"validation_median_error": error_summary(validation)["median"],
+                  "validation_max_error": error_summary(validation)["max"],
+                  "validation_real": real_e, "validation_sleep": sleep_e}
+        for what, e in (("real work", real_e), ("sleep workload", sleep_e)):
+            if e:
+                print(f"validation, {what}: median error {e['median']:.1%}, worst {e['max']:.1%} over "
+                      f"{e['runs']} runs")
     out = {"forecast": {t: {str(m): {k: f[k] for k in ("epoch_s", "busy", "memory_mb", "delays")}
                             for m, f in by_m.items()} for t, by_m in table.items()},
            "link": {"name": link.name, "gbps": link.gbps, "latency_s": link.latency_s},

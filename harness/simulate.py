@@ -270,7 +270,14 @@ def decoupled_pipeline(stages, batches, delays, link, receives_gradients=True):
     still owed); without (a local rule) its own backward and step at once.  The last
     stage runs forward, backward and step of each batch and sends the gradient back.
     ``delays[s]`` = 0 is the exact rule."""
-    m, programs = len(stages), []
+    programs = decoupled_programs(len(stages), batches, delays, receives_gradients)
+    return place(Timeline(), programs, stages, link, receives_gradients)
+
+
+def decoupled_programs(m, batches, delays, receives_gradients=True):
+    """Each stage's order of work in our pipeline (``decoupled_pipeline``): the order of
+    synthetic.stage's generator, a rule's late backward after the forward that makes it due."""
+    programs = []
     for s in range(m):
         k = 0 if s == m - 1 or not receives_gradients else delays[s]
         program = []
@@ -280,7 +287,7 @@ def decoupled_pipeline(stages, batches, delays, link, receives_gradients=True):
                 program += [("B", b - k), ("step", b - k)]
         program += [op for late in range(max(batches - k, 0), batches) for op in (("B", late), ("step", late))]
         programs.append(program)
-    return place(Timeline(), programs, stages, link, receives_gradients)
+    return programs
 
 
 def in_flight(tl, device):
