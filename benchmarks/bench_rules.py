@@ -13,13 +13,15 @@ the whole of Fashion-MNIST, dense Verlet and ResNet of 16 layers of width 784.
     python benchmarks/bench_rules.py --phase conv --rules local          # multi-unit conv Verlet, M = 2, 4
     python benchmarks/bench_rules.py --nets verlet --rules pipemare --stages 8 --seeds 0   # anything else
     python benchmarks/bench_rules.py --report                 # the tables and the figure, nothing trained
+    python benchmarks/bench_rules.py --work --stages 4,8      # each rule's work a batch, on a quiet machine
 
 Every run (network, rule, M, seed) is kept in the JSON (--out) as it ends, with its
 commit, and a run already there is skipped: the benchmark runs in pieces, across
 sessions.  The report gives, per network and M, each rule's test accuracy (mean and
 standard deviation over its seeds), its gap to backprop in points (mean of the per-seed
 differences, with its standard error), its work per batch (every stage's busy seconds,
-from the stage profiles) against delayed's, and writes rules_depth.png (the gap against
+from the stage profiles; from --work where it ran, else from the training runs) against
+delayed's, and writes rules_depth.png (the gap against
 M, one line per rule, error bars one standard error) beside the JSON.
 """
 from __future__ import annotations
@@ -82,6 +84,28 @@ def train(net, rule, stages, seed, data, epochs):
             "stage_work_s_per_batch": [p["busy_s"] / batches for p in hist["profile"]]}
 
 
+def work_per_batch(nets, rules, stages, data, batches=40, rounds=3):
+    """{net: {M: {rule: seconds of work a batch}}}: every stage's busy seconds (the stage
+    profiles) over ``batches`` batches, the median of ``rounds`` rounds in which every
+    rule runs once, so that a drift of the machine's speed falls on all of them alike."""
+    sub = data.head(batches * BATCH)
+    out = {}
+    for net in nets:
+        for m in stages:
+            runs = {r: [] for r in rules}
+            for _ in range(rounds):
+                for rule in rules:
+                    cnet = ComplexNet(network(net, data.info, 0), m)
+                    cfg = PipelineConfig(rule=rule, rule_options={"sg_learn_rate": SG_LR}, epochs=1, lr=LR,
+                                         batch_size=BATCH, seed=0)
+                    hist = train_serial(cnet, sub, cfg)
+                    runs[rule].append(sum(p["busy_s"] for p in hist["profile"]) / batches)
+            out.setdefault(net, {})[str(m)] = {r: statistics.median(v) for r, v in runs.items()}
+            print(f"{net}, M = {m}: work a batch " + ", ".join(f"{r} {1e3 * v:.0f} ms" for r, v in
+                                                             out[net][str(m)].items()), flush=True)
+    return out
+
+
 def commit():
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
@@ -133,10 +157,14 @@ def summarise(results):
                 gaps = [100 * (runs[f"{net}/backprop/seed{s}"]["final"] - by_seed[s]["final"]) for s in seeds]
                 acc, sd = mean_sd(accs)
                 gap, gap_sd = mean_sd(gaps)
+                quiet = results.get("work", {}).get(net, {}).get(str(m), {})
                 delayed = by_rule.get("delayed", {})
                 common = [s for s in seeds if s in delayed]
-                work = (statistics.fmean(by_seed[s]["work_s_per_batch"] for s in common)
-                        / statistics.fmean(delayed[s]["work_s_per_batch"] for s in common)) if common else None
+                if rule in quiet and "delayed" in quiet:  # measured on its own (--work), else the runs'
+                    work = quiet[rule] / quiet["delayed"]
+                else:
+                    work = (statistics.fmean(by_seed[s]["work_s_per_batch"] for s in common)
+                            / statistics.fmean(delayed[s]["work_s_per_batch"] for s in common)) if common else None
                 out.setdefault(net, {}).setdefault(m, {})[rule] = {
                     "n": len(seeds), "seeds": seeds, "mean": acc, "sd": sd, "gap": gap,
                     "gap_se": gap_sd / math.sqrt(len(seeds)) if len(seeds) > 1 else float("nan"),
@@ -233,6 +261,9 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "data" / "rules.json"))
     parser.add_argument("--report", action="store_true", help="only the tables and the figure")
+    parser.add_argument("--work", action="store_true",
+                        help="only each rule's work a batch (40 batches, 3 interleaved rounds) at --stages, kept "
+                             "in the JSON: the report's work column, measured on a quiet machine")
     args = parser.parse_args()
     preset = PHASES.get(args.phase, PHASES["screen"])
     for name in ("nets", "rules", "stages", "seeds"):
@@ -250,7 +281,16 @@ def main():
         parser.error("--stages: a pipeline has at least 2 stages")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     out = Path(args.out)
-    results = json.loads(out.read_text()) if args.report else run_all(args, out)
+    if args.work:
+        results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+        data = datasets.load("FASHION")
+        work = work_per_batch(args.nets, sorted(set(args.rules) | {"delayed"}), args.stages, data)
+        for net, by_m in work.items():
+            for m, by_rule in by_m.items():
+                results.setdefault("work", {}).setdefault(net, {}).setdefault(m, {}).update(by_rule)
+        results["work_commit"] = commit()
+        write_json(out, results)
+    results = json.loads(out.read_text()) if args.report or args.work else run_all(args, out)
     summary = summarise(results)
     print(report(results, summary))
     path = figure(summary, out.with_name("rules_depth.png"))
