@@ -437,7 +437,7 @@ def validate(cfg, log=print):
     from .experiment import validate as validate_cfg
     from .race import Race, run_trainer
 
-    names = [t for t in trainer_list(cfg.TRAINERS) if t != "bp-all"]
+    names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     link, _ = measure_link()
     log(f"link: {link.name}")
     rows = []
