@@ -286,6 +286,10 @@ CHECKS = {
     "PROCESSES": _at_least(2),
     "MICROBATCHES": _at_least(1),
     "COARSE_EPOCHS": _at_least(1),
+    # forecast.py (harness/forecast.py checks DEVICES, LINK and TRAINERS)
+    "TARGET_POINTS": _at_least(0),
+    "VALIDATE_SAMPLES": _at_least(1),
+    "REPEATS": _at_least(1),
     # PVD
     "NUM_PROC": _num_proc,
     "ITERATIONS": _at_least(1),

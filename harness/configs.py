@@ -228,6 +228,9 @@ class ForecastRun(NetworkFields, RunConfig):
     VALIDATE: bool = False
     VALIDATE_SAMPLES: int = 4096
     REPEATS: int = 5
+    EPOCHS: int = 0
+    LEARN_RATE: float = 1e-3
+    TARGET_POINTS: float = 0.5
 
     has_rules = True
 

@@ -261,3 +261,26 @@ def race_figure(path, curves, targets, *, title=""):
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def forecast_race_figure(path, curves, table, target, *, title=""):
+    """One panel per device count M: each trainer's test accuracy after each epoch
+    (measured) against the forecast seconds of that many epochs on M devices
+    ({trainer: {M: [accuracy per epoch]}}, table {trainer: {M: {"epoch_s"}}})."""
+    devices = sorted(next(iter(curves.values())))
+    fig, axes = plt.subplots(1, len(devices), figsize=(4.2 * len(devices), 4.2), sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, m in zip(axes[0], devices):
+        for k, (trainer, by_m) in enumerate(curves.items()):
+            acc, epoch_s = by_m[m], table[trainer][m]["epoch_s"]
+            ax.plot([epoch_s * e for e in range(1, len(acc) + 1)], acc, marker="o", ms=3, color=cmap(k % 10),
+                    label=trainer)
+        ax.axhline(target, color="black", ls=":", lw=1)
+        ax.set_title(f"M = {m} devices")
+        ax.set_xlabel("forecast training time (s)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (measured per epoch)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(f"forecast race: {title}")
+    _save(fig, path)

@@ -474,6 +474,65 @@ def validate(cfg, log=print):
     return rows, link
 
 
+# ---- the forecast race: accuracy per epoch (measured here) against forecast seconds ---------
+
+def accuracy_curves(cfg, build_net, data, names, devices, log=print):
+    """{trainer: {M: [test accuracy after each of EPOCHS epochs]}}, each trained in this
+    process as it computes on M devices: backprop (the exact rule, whose arithmetic is
+    backprop's) stands for bp-*, ddp (the mean of equal shares is the batch's mean),
+    gpipe, 1f1b and pipeline-exact; pipeline-<rule> runs M stages over the loopback, each
+    at its delay on M devices (serial = distributed is tested)."""
+    from synthetic import ComplexNet, PipelineConfig, train_serial
+    from synthetic.rules import make_rule
+
+    def curve(rule, m):
+        cnet = ComplexNet(build_net(), max(m, 2))
+        cfg_p = PipelineConfig(rule=make_rule(rule, **cfg.rule_options), epochs=cfg.EPOCHS, lr=cfg.LEARN_RATE,
+                               batch_size=cfg.BATCH_SIZE, seed=cfg.SEED, verbose=False)
+        acc = train_serial(cnet, data, cfg_p)["test_acc"]
+        log(f"  curve: {rule} at M = {m}: " + " ".join(f"{a:.4f}" for a in acc))
+        return acc
+
+    backprop = curve("exact", 2)
+    out = {}
+    for t in names:
+        rule = t.split("-", 1)[1] if t.startswith("pipeline-") else "exact"
+        out[t] = {m: backprop if rule == "exact" or m == 1 else curve(rule, m) for m in devices}
+    return out
+
+
+def race_table(curves, table, target_points):
+    """{trainer: {M: forecast seconds to the target}} (None: never there); the target is
+    backprop's final accuracy less ``target_points`` points."""
+    bp = next(iter(curves.values()))
+    for t, by_m in curves.items():
+        if not t.startswith("pipeline-") or t == "pipeline-exact":
+            bp = by_m[min(by_m)]
+            break
+    target = bp[-1] - target_points / 100
+    out = {}
+    for t, by_m in curves.items():
+        for m, acc in by_m.items():
+            epoch = next((k for k, a in enumerate(acc, 1) if a >= target), None)
+            out.setdefault(t, {})[m] = None if epoch is None else epoch * table[t][m]["epoch_s"]
+    return target, out
+
+
+def format_race(times, devices, link_name):
+    head = f"{'forecast s to target':<24}" + "".join(f"{f'M = {m}':>12}" for m in devices)
+    rows = [head]
+    for t, by_m in times.items():
+        rows.append(f"{t:<24}" + "".join(f"{'never' if by_m[m] is None else f'{by_m[m]:.1f}':>12}" for m in devices))
+    return "\n".join(rows) + f"\n(forecast, link {link_name}) first: " + "; ".join(
+        f"M = {m}: {w}" for m, w in winners(times, devices).items())
+
+
+def winners(times, devices):
+    """{M: the trainer first to the target on M devices (forecast), or "none"}."""
+    return {m: min((t for t in times if times[t][m] is not None), key=lambda t: times[t][m], default="none")
+            for m in devices}
+
+
 SLEEP_DEVICES = (4, 8, 16)
 SLEEP_BATCHES = {"gpipe": 2, "1f1b": 2}  # batches a sleep run times (the pipeline: 8)
 
@@ -525,6 +584,7 @@ def error_summary(rows):
 def forecast_main(cfg):
     """Profile, forecast every trainer on every M, write forecast.json and the traces,
     validate with VALIDATE, and print the RESULT line."""
+    from . import figures
     from .experiment import build, open_run
     from .rundir import emit_result
 
@@ -564,10 +624,21 @@ def forecast_main(cfg):
             if e:
                 print(f"validation, {what}: median error {e['median']:.1%}, worst {e['max']:.1%} over "
                       f"{e['runs']} runs")
+    race = {}
+    if cfg.EPOCHS:
+        curves = accuracy_curves(cfg, lambda: build(cfg, o.arch, o.meta, o.device), data, names, devices)
+        target, times = race_table(curves, table, cfg.TARGET_POINTS)
+        print(format_race(times, devices, link.name or cfg.LINK))
+        figures.forecast_race_figure(run.file("forecast_race.png"), curves, table, target,
+                                     title=f"{o.arch}, {cfg.N} layers, {o.meta.name}, link {link.name or cfg.LINK}")
+        race = {"race": {"target": target, "curves": {t: {str(m): c for m, c in by_m.items()}
+                                                      for t, by_m in curves.items()},
+                         "forecast_time_to_target_s": {t: {str(m): v for m, v in by_m.items()}
+                                                       for t, by_m in times.items()}}}
     out = {"forecast": {t: {str(m): {k: f[k] for k in ("epoch_s", "busy", "memory_mb", "delays")}
                             for m, f in by_m.items()} for t, by_m in table.items()},
            "link": {"name": link.name, "gbps": link.gbps, "latency_s": link.latency_s},
-           "validation": validation, **errors}
+           "validation": validation, **errors, **race}
     run.save_json("forecast.json", out)
     emit_result({"dataset": o.meta.name, "architecture": o.arch, **out, "run_dir": str(run.path)},
                 keys=("forecast", "validation", "run_dir"))  # it trains nothing: no accuracies

@@ -7,7 +7,10 @@ simulates each trainer of TRAINERS on each count of DEVICES (harness/simulate.py
 device does one thing at a time, messages on their own links) and prints seconds per
 epoch, busy fraction and memory per device.  Every figure it gives is a forecast.
 Writes forecast.json and, per trainer, a Chrome trace (Perfetto) of a few simulated
-batches on the largest DEVICES.  VALIDATE = 1 measures every trainer on 1 and 2
+batches on the largest DEVICES.  EPOCHS > 0 runs the forecast race: each trainer's
+test accuracy after each epoch, trained here exactly as it computes on M devices (the
+pipeline's rules at M stages), against the forecast seconds of those epochs
+(forecast_race.png, one panel per M; the forecast time to the target).  VALIDATE = 1 measures every trainer on 1 and 2
 processes here against its forecast (about 20 minutes on 2 cores).
 
 Trainers: bp-1t, bp-all (backprop, one device), ddp, gpipe, 1f1b (torch), and
@@ -40,6 +43,10 @@ MAX_IN_FLIGHT = 0  # the pipeline's delay k at every stage; 0: M - 1 - i at stag
 VALIDATE = False  # also measure every trainer on 1 and 2 processes here against its forecast
 VALIDATE_SAMPLES = 4096  # training images of a validation run's epoch
 REPEATS = 5  # rounds of the profile's timings (medians)
+EPOCHS = 0  # > 0: the forecast race, each trainer's accuracy per epoch (trained here) against forecast time
+LEARN_RATE = 1e-3  # the forecast race: learning rate (Adam) of every trainer
+SG_LEARN_RATE = 3e-4  # the forecast race, synthetic rule: learning rate of the modules
+TARGET_POINTS = 0.5  # the forecast race's target: backprop's final test accuracy less this many points
 DEVICE = "auto"  # where the profile is taken: auto (cuda if present), cpu, cuda, cuda:1
 DATA_ROOT = "data"  # where datasets are read, downloaded and cached
 RESULTS_DIR = "results"  # run directories go under RESULTS_DIR/<script>/

@@ -95,3 +95,18 @@ def test_the_sleep_workload_on_four_processes_is_within_5_percent_of_its_forecas
     measured, predicted = run_sleep(trainer, stages, 2 if trainer == "1f1b" else 8, 256 if trainer == "1f1b" else 64,
                                     link, **kw)
     assert predicted == pytest.approx(measured, rel=0.05)
+
+
+def test_the_forecast_race_times_each_epoch_by_its_forecast_and_names_the_first():
+    from harness.forecast import race_table, winners
+
+    curves = {"bp-all": {1: [0.80, 0.85, 0.90], 4: [0.80, 0.85, 0.90]},
+              "pipeline-local": {1: [0.80, 0.85, 0.90], 4: [0.82, 0.86, 0.87]}}
+    table = {"bp-all": {1: {"epoch_s": 10.0}, 4: {"epoch_s": 10.0}},
+             "pipeline-local": {1: {"epoch_s": 10.0}, 4: {"epoch_s": 3.0}}}
+    target, times = race_table(curves, table, 5.0)  # backprop's 0.90 less 5 points
+    assert target == pytest.approx(0.85)
+    assert times == {"bp-all": {1: 20.0, 4: 20.0}, "pipeline-local": {1: 20.0, 4: 6.0}}
+    assert winners(times, [1, 4]) == {1: "bp-all", 4: "pipeline-local"}
+    _, never = race_table(curves, table, 0.0)
+    assert never["pipeline-local"][4] is None and winners(never, [4]) == {4: "bp-all"}
