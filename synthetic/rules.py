@@ -564,32 +564,16 @@ class LocalHead(nn.Module):
 
 
 
-@register
-class Local(Rule):
-    """DGL (Belilovsky et al. 2020): the stage trains on the loss of a small classifier of
-    its own at its output, theta_i, H_i <- step(d/d(theta_i, H_i) CE(H_i(Y_i^t), y^t)); no
-    gradient travels back."""
-
-    name = "local"
-    receives_gradients = False
-    kinds = ("head",)
-    stats = ("head_loss",)
+class WithHead:
+    """A rule with a local classifier at its stage's cut (``LocalHead``), trained by the
+    stage's optimiser and checkpointed with the stage."""
 
     def attach(self, stage):
+        super().attach(stage)
         self.head = LocalHead.of(stage)
 
     def parameters(self):
         return list(self.head.parameters())
-
-    def after_forward(self, stage, b, inp, out, labels):
-        with stage.prof("head"):
-            loss = F.cross_entropy(self.head(out[0]), labels)
-        with stage.prof("backward"):
-            loss.backward()
-        stage.stats.add(head_loss=loss.detach())
-        stage.step()
-        return
-        yield
 
     def state_dict(self):
         return {"head": self.head.state_dict()}
@@ -602,7 +586,29 @@ class Local(Rule):
 
 
 @register
-class LocalDelayed(Delayed):
+class Local(WithHead, Rule):
+    """DGL (Belilovsky et al. 2020): the stage trains on the loss of a small classifier of
+    its own at its output, theta_i, H_i <- step(d/d(theta_i, H_i) CE(H_i(Y_i^t), y^t)); no
+    gradient travels back."""
+
+    name = "local"
+    receives_gradients = False
+    kinds = ("head",)
+    stats = ("head_loss",)
+
+    def after_forward(self, stage, b, inp, out, labels):
+        with stage.prof("head"):
+            loss = F.cross_entropy(self.head(out[0]), labels)
+        with stage.prof("backward"):
+            loss.backward()
+        stage.stats.add(head_loss=loss.detach())
+        stage.step()
+        return
+        yield
+
+
+@register
+class LocalDelayed(WithHead, Delayed):
     """A local signal now, the true gradient late (DGL's head with delayed's stash): each
     step applies the late true gradient of batch t - k plus lambda times the gradient of
     the stage's own classifier's loss on batch t,
@@ -626,11 +632,7 @@ class LocalDelayed(Delayed):
 
     def attach(self, stage):
         super().attach(stage)
-        self.head = LocalHead.of(stage)
         self.local = {}  # the stash's local gradients since the last step, by parameter name
-
-    def parameters(self):
-        return list(self.head.parameters())
 
     def after_forward(self, stage, b, inp, out, labels):
         with stage.prof("head"):
@@ -652,15 +654,6 @@ class LocalDelayed(Delayed):
             p = self.names[n]
             p.grad = g if p.grad is None else p.grad + g
         self.local = {}
-
-    def state_dict(self):
-        return {"head": self.head.state_dict()}
-
-    def load_state_dict(self, state):
-        self.head.load_state_dict(state["head"])
-
-    def cut_work(self, net, state, y, sg_kind):
-        return LocalHead.cut_work(net, state, y)
 
 
 def rule_class(name):

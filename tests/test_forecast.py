@@ -81,15 +81,21 @@ def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
     assert profile.state_bytes[1] == 2 * 4 * 64  # Verlet's state: Y and Z, 64 floats each a sample
 
 
+@pytest.fixture(scope="module")
+def gloo_link():
+    from harness.forecast import measure_link
+
+    return measure_link()[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["pipeline", "1f1b"])
-def test_the_sleep_workload_on_four_processes_is_within_5_percent_of_its_forecast(trainer):
+def test_the_sleep_workload_on_four_processes_is_within_5_percent_of_its_forecast(trainer, gloo_link):
     """Four processes that sleep their stages' durations and send real tensors over gloo
     (our transport; torch's Schedule1F1B) take what the simulation says."""
-    from harness.forecast import measure_link
     from harness.sleep_workload import run_sleep
 
-    link, _ = measure_link()
+    link = gloo_link
     stages = [StageCost(forward=0.2, backward=0.4, step=0.02, out_bytes=4 * 64 * 785)] * 4
     kw = {"microbatches": 4} if trainer == "1f1b" else {"delays": [3, 2, 1, 1]}
     measured, predicted = run_sleep(trainer, stages, 2 if trainer == "1f1b" else 8, 256 if trainer == "1f1b" else 64,
