@@ -10,6 +10,7 @@ from harness.experiment import augmenting, describe, model_kwargs, open_run
 from harness.launch import default_threads, launch, this_rank_device
 from harness.resume import Checkpointer, PhaseStates, load_checkpoint
 from harness.rundir import emit_result
+from harness.simulate import chrome_trace
 from models import build_model
 from models.recording import evaluate_points
 from models.training import evaluate
@@ -123,6 +124,8 @@ def _report_profile(run, result, label):
           + profile_table(result["profile"]), flush=True)
     figures.timeline_figure(run.path / "timeline.png", result["profile"],
                              title=f"{label}: the first batches of each stage")
+    chrome_trace([(f"device {i}", kind, t0, t1 - t0, {"batch": b}) for i, p in enumerate(result["profile"])
+                  for kind, b, t0, t1 in p["timeline"]], run.path / "timeline.json", f"{label} (measured)")
 
 
 def _finish(run, name, series, result):

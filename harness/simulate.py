@@ -30,7 +30,6 @@ Trainers (``schedule``):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,18 +132,25 @@ class Timeline:
                       key=lambda r: int(r.split()[1]))
 
     def chrome_trace(self, path=None, process="forecast"):
-        """The Chrome trace JSON (torch.profiler's export format; Perfetto reads it): one
-        row per resource, times in microseconds."""
-        rows = {r: k for k, r in enumerate(dict.fromkeys(op.resource for op in self.ops))}
-        events = [{"name": r, "ph": "M", "pid": 0, "tid": k, "args": {"name": r}} for r, k in rows.items()]
-        events.append({"name": "process_name", "ph": "M", "pid": 0, "args": {"name": process}})
-        events += [{"name": op.name, "ph": "X", "pid": 0, "tid": rows[op.resource], "ts": 1e6 * op.start,
-                    "dur": 1e6 * op.duration, "args": op.args} for op in self.ops if op.duration > 0]
-        trace = {"traceEvents": events, "displayTimeUnit": "ms"}
-        if path is not None:
-            from datasets.files import write_json
-            write_json(Path(path), trace)
-        return trace
+        """The simulated operations as a Chrome trace (``chrome_trace``)."""
+        return chrome_trace([(op.resource, op.name, op.start, op.duration, op.args) for op in self.ops
+                             if op.duration > 0], path, process)
+
+
+def chrome_trace(events, path=None, process=""):
+    """The Chrome trace JSON (torch.profiler's export format; Perfetto reads it) of
+    ``events`` [(row, name, start s, duration s, args)]: one row (thread) per row name,
+    in order of appearance, times in microseconds; written to ``path`` if given."""
+    rows = {r: k for k, r in enumerate(dict.fromkeys(e[0] for e in events))}
+    trace = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": k, "args": {"name": r}} for r, k in rows.items()]
+    trace.append({"name": "process_name", "ph": "M", "pid": 0, "args": {"name": process}})
+    trace += [{"name": name, "ph": "X", "pid": 0, "tid": rows[row], "ts": 1e6 * start, "dur": 1e6 * dur,
+               "args": args} for row, name, start, dur, args in events]
+    out = {"traceEvents": trace, "displayTimeUnit": "ms"}
+    if path is not None:
+        from datasets.files import write_json
+        write_json(Path(path), out)
+    return out
 
 
 def _send(tl, src, dst, nbytes, link, dep, name):
@@ -308,5 +314,3 @@ def summary(tl, batches_per_epoch, batches):
             "busy": [tl.busy(d) / span if span else 0.0 for d in tl.devices()]}
 
 
-def save_trace(tl, path, process):
-    Path(path).write_text(json.dumps(tl.chrome_trace(process=process)))

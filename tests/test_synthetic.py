@@ -261,6 +261,8 @@ def test_sg_scripts_run_end_to_end(tmp_path, script, args):
             assert p["busy_s"] > 0 and p["busy_s"] + p["idle_s"] + p["communication_s"] <= p["wall_s"] * 1.0001
         assert profile[-1]["kinds_s"]["wait input"] > 0  # the last stage waits for its first input
         assert (run_dir / "timeline.png").stat().st_size > 5000 and (run_dir / "split.json").is_file()
+        trace = json.loads((run_dir / "timeline.json").read_text())  # the same timeline as a Chrome trace
+        assert {e["tid"] for e in trace["traceEvents"] if e["ph"] == "X"} == set(range(len(profile)))
 
 
 @pytest.mark.parametrize("script", ["run_standard_sg", "distSg"])
