@@ -407,11 +407,10 @@ class _threads:
         torch.set_num_threads(self.before)
 
 
-def forecast_table(profile, names, devices, *, batch, batches, link, microbatches):
+def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0):
     """{trainer: {M: {epoch_s, busy, memory_mb, delays}}}."""
-    return {t: {m: {k: v for k, v in forecast(profile, t, m, batch=batch, batches=batches, link=link,
-                                                 microbatches=microbatches).items()}
-                for m in devices} for t in names}
+    return {t: {m: forecast(profile, t, m, batch=batch, batches=batches, link=link, microbatches=microbatches,
+                            max_in_flight=max_in_flight) for m in devices} for t in names}
 
 
 def format_table(table, devices):
@@ -464,7 +463,8 @@ def validate(cfg, log=print):
                     curve, _, _ = run_trainer(t, race)
                 measured = curve[-1]["seconds"]
                 predicted = forecast(profile if m == 1 else scaled(profile, share), t, m, batch=batch,
-                                     batches=batches, link=link, microbatches=cfg.MICROBATCHES)["epoch_s"]
+                                     batches=batches, link=link, microbatches=cfg.MICROBATCHES,
+                                     max_in_flight=cfg.rule_options.get("max_in_flight", 0))["epoch_s"]
                 row = {"trainer": t, "devices": m, "workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
                        "measured_epoch_s": measured, "forecast_epoch_s": predicted,
                        "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0}
@@ -603,13 +603,15 @@ def forecast_main(cfg):
     link = measure_link(str(o.device) if o.device.type == "cpu" else "cpu")[0] if cfg.LINK == "measured" \
         else parse_link(cfg.LINK)
     print(f"link: {link.name or cfg.LINK}")
+    in_flight = cfg.rule_options.get("max_in_flight", 0)
     table = forecast_table(profile, names, devices, batch=batch, batches=batches, link=link,
-                           microbatches=cfg.MICROBATCHES)
+                           microbatches=cfg.MICROBATCHES, max_in_flight=in_flight)
     print(format_table(table, devices))
     top = max(devices)
     for t in names:
         tl = forecast(profile, t, top, batch=batch, batches=min(batches, 2 * top + 2), link=link,
-                      microbatches=cfg.MICROBATCHES, trace_batches=min(batches, 2 * top + 2))["trace"]
+                      microbatches=cfg.MICROBATCHES, max_in_flight=in_flight,
+                      trace_batches=min(batches, 2 * top + 2))["trace"]
         tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
     validation, errors = [], {}
     if cfg.VALIDATE:
