@@ -286,3 +286,19 @@ def test_each_rule_costs_what_it_makes_a_stage_do():
 def test_an_unknown_rule_exits_2_with_one_line(tmp_path, script):
     code, err = refused(script, "--rule", "nope", "--results-dir", tmp_path)
     assert code == 2 and err.strip() == f"error: unknown RULE 'nope'; valid: {', '.join(RULES)}"
+
+
+@pytest.mark.parametrize("rule", ["pipemare", "accumulated", "local-delayed", "synthetic"])
+def test_a_rule_with_state_resumed_after_an_epoch_ends_as_the_uninterrupted_run(rule):
+    """What a rule keeps between epochs (PipeMare's step count, drift and base rate; a
+    head; a module's optimiser) travels in the stage's checkpoint."""
+    data = digits(dtype=torch.float32)
+    cfg = PipelineConfig(rule=rule, rule_options={"warmup": 3}, epochs=2, lr=3e-3)
+    torch.manual_seed(0)
+    whole = ComplexNet(network(dtype=torch.float32), 3)
+    saved = {}
+    start = copy.deepcopy(whole)
+    train_serial(whole, data, cfg, on_epoch_end=lambda e, state: saved.update({e: copy.deepcopy(state())}))
+    resumed = copy.deepcopy(start)
+    train_serial(resumed, data, cfg, resume=saved[1])
+    assert_same(resumed.net, whole.net, tol=0)
