@@ -181,10 +181,13 @@ def _memory_mb(stage, in_flight_count, stash):
     return (state + kept + (stage.param_bytes * in_flight_count if stash else 0)) / 2 ** 20
 
 
-def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace_batches=0):
+def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace_batches=0,
+             host=None):
     """{epoch_s, busy, memory_mb, delays} of ``trainer`` on ``m`` devices for an epoch of
     ``batches`` batches of ``batch``; with ``trace_batches``, also the Timeline of that
-    many batches (``trace``)."""
+    many batches (``trace``).  ``host``: the devices are processes sharing this
+    machine's cores, their compute ``host`` times slower while others compute
+    (``Timeline.run_sharing``) and DDP's all-reduce on their cores."""
     n = profile.n_layers
     rule = trainer.split("-", 1)[1] if trainer.startswith("pipeline-") else None
     delays = None
@@ -207,7 +210,7 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
             whole = StageCost(sum(c.forward for c in layers), sum(c.backward for c in layers),
                               param_bytes=sum(profile.param_bytes) + profile.first_param_bytes
                               + profile.last_param_bytes, activation_bytes=sum(c.activation_bytes for c in layers))
-            return simulate.ddp(layers, count, m, link), [whole] * m, False
+            return simulate.ddp(layers, count, m, link, host_comm=host is not None), [whole] * m, False
         if trainer in ("gpipe", "1f1b"):
             stages = stage_costs(profile, profile.bounds[("exact", m)], batch // microbatches)
             return simulate.synchronous_pipeline(stages, count, microbatches, link, trainer), stages, False
@@ -220,7 +223,14 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
         return tl, stages, stash
 
     tl, stages, stash = build(batches)
-    tl.run()
+    if host is not None and trainer == "ddp" and m > 1:  # one device simulated: every device computes alike
+        for op in tl.ops:
+            op.duration *= host if op.name[0] in "fb" else 1.0
+        tl.run()
+    elif host is not None:
+        tl.run_sharing(host)
+    else:
+        tl.run()
     span = tl.makespan
     devices = tl.devices()
     memory = [_memory_mb(stages[k] if k < len(stages) else stages[-1], max(simulate.in_flight(tl, d), 1), stash)
@@ -361,17 +371,6 @@ def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
     return profile
 
 
-def scaled(profile, factor):
-    """The profile with every compute time times ``factor`` (processes sharing the machine)."""
-    def times(t):
-        return LayerTimes(*([v * factor for v in t.forward], [v * factor for v in t.backward],
-                            [v * factor for v in t.step]), tuple(v * factor for v in t.first),
-                          tuple(v * factor for v in t.last))
-    return Profile({b: times(t) for b, t in profile.times.items()}, profile.state_bytes, profile.param_bytes,
-                   profile.first_param_bytes, profile.last_param_bytes,
-                   {k: [v * factor for v in e] for k, e in profile.extra.items()}, dict(profile.bounds))
-
-
 def sharing_worker(ctx, net, x, y, repeats):
     """Every rank times the layers at once: the compute of processes sharing the machine."""
     import torch.distributed as dist
@@ -430,8 +429,9 @@ def validate(cfg, log=print):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
     (harness.race's trainers, one epoch of VALIDATE_SAMPLES images) against the forecast
-    from a one-thread profile taken alone, scaled by the measured sharing factor for the
-    2-process runs, over the measured link."""
+    from a one-thread profile taken alone, over the measured link, with the devices
+    sharing this machine's cores (``forecast``'s ``host``: the measured sharing factor
+    while both compute, DDP's all-reduce on the cores)."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race, run_trainer
@@ -442,7 +442,7 @@ def validate(cfg, log=print):
     rows = []
     for choice, conv in VALIDATION_NETS:
         n = min(cfg.N, 6) if conv else cfg.N
-        vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES)
+        vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES, DEVICES="1,2")
         meta, arch, _ = validate_cfg(vcfg)
         data = load_data(vcfg, log=lambda *a, **k: None)
         for batch in (cfg.BATCH_SIZE, cfg.BATCH_SIZE // 2):
@@ -462,8 +462,8 @@ def validate(cfg, log=print):
                 with _threads(1):
                     curve, _, _ = run_trainer(t, race)
                 measured = curve[-1]["seconds"]
-                predicted = forecast(profile if m == 1 else scaled(profile, share), t, m, batch=batch,
-                                     batches=batches, link=link, microbatches=cfg.MICROBATCHES,
+                predicted = forecast(profile, t, m, batch=batch, batches=batches, link=link,
+                                     microbatches=cfg.MICROBATCHES, host=share,
                                      max_in_flight=cfg.rule_options.get("max_in_flight", 0))["epoch_s"]
                 row = {"trainer": t, "devices": m, "workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
                        "measured_epoch_s": measured, "forecast_epoch_s": predicted,

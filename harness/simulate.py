@@ -30,6 +30,7 @@ Trainers (``schedule``):
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,31 @@ class Timeline:
             raise RuntimeError(f"schedule deadlock: {stuck} wait for each other")
         return self
 
+    def run_sharing(self, factor, rounds=4):
+        """``run``, with devices that share a host's cores: an operation on a device runs
+        ``factor`` times slower while the other devices compute (its duration stretched by
+        1 + (factor - 1) x the fraction of it that overlaps their work), by a fixed point
+        of a few passes.  ``factor`` is measured (two processes computing at once against
+        one alone), not fitted."""
+        base = [op.duration for op in self.ops]
+        self.run()
+        if factor == 1:
+            return self
+        for _ in range(rounds):
+            busy = {}  # device -> its operations' (start, end), in time order
+            for op in self.ops:
+                if op.resource.startswith("device") and op.duration > 0:
+                    busy.setdefault(op.resource, []).append((op.start, op.end))
+            for intervals in busy.values():
+                intervals.sort()
+            for op, d in zip(self.ops, base):
+                if not op.resource.startswith("device") or op.duration == 0:
+                    continue
+                shared = sum(_overlap(op.start, op.end, busy[r]) for r in busy if r != op.resource)
+                op.duration = d * (1 + (factor - 1) * min(shared / op.duration, 1.0))
+            self.run()
+        return self
+
     @property
     def makespan(self):
         return max((op.end for op in self.ops), default=0.0)
@@ -153,6 +179,17 @@ def chrome_trace(events, path=None, process=""):
     return out
 
 
+def _overlap(start, end, intervals):
+    """Seconds of [start, end) covered by the sorted, disjoint ``intervals``."""
+    k = bisect.bisect_left(intervals, (start, start)) - 1
+    total = 0.0
+    for a, b in intervals[max(k, 0):]:
+        if a >= end:
+            break
+        total += max(0.0, min(b, end) - max(a, start))
+    return total
+
+
 def _send(tl, src, dst, nbytes, link, dep, name):
     """A message from device src to dst after ``dep``; None when it takes no time."""
     duration = link.seconds(nbytes)
@@ -178,11 +215,13 @@ def ring_allreduce_s(nbytes, m, link):
     return 2 * (m - 1) * link.seconds(nbytes / m)
 
 
-def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20):
+def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20, host_comm=False):
     """DDP on m devices, one device simulated (they are alike): ``layers`` is a list of
     StageCost, one per layer at the per-device batch, in forward order.  Buckets are
     filled in backward order (torch's reverse-order buckets of ``bucket_bytes``), each
-    all-reduced when its last layer's backward is done; the step waits for them all."""
+    all-reduced when its last layer's backward is done; the step waits for them all.
+    With ``host_comm`` the all-reduce runs on the device itself (processes on CPU cores,
+    whose transport sums and copies on those cores), so it overlaps nothing."""
     tl = Timeline()
     for b in range(batches):
         for j, layer in enumerate(layers):
@@ -193,8 +232,8 @@ def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20):
             pending += layers[j].param_bytes
             filled += 1
             if pending >= bucket_bytes or j == 0:
-                reduces.append(tl.add(f"allreduce{b}.{j}", "ring", ring_allreduce_s(pending, m, link), (done,),
-                                      batch=b, bytes=pending))
+                reduces.append(tl.add(f"allreduce{b}.{j}", "device 0" if host_comm else "ring",
+                                      ring_allreduce_s(pending, m, link), (done,), batch=b, bytes=pending))
                 pending = 0
         tl.add(f"step{b}", "device 0", sum(layer.step for layer in layers), reduces, batch=b)
     return tl

@@ -49,3 +49,12 @@ def test_a_slow_link_stretches_a_pipeline_and_a_cycle_is_reported():
     trace = tl.chrome_trace()
     assert {e["ph"] for e in trace["traceEvents"]} == {"M", "X"}
     assert any(e["name"] == "state0" and e["dur"] == pytest.approx(1e6) for e in trace["traceEvents"])
+
+
+def test_devices_sharing_a_host_slow_down_only_while_both_compute():
+    stages = [StageCost(forward=1.0, backward=2.0)] * 2
+    exact = decoupled_pipeline(stages, 10, [0, 0], FREE).run().makespan  # the stages take turns
+    assert decoupled_pipeline(stages, 10, [0, 0], FREE).run_sharing(1.5).makespan == pytest.approx(exact)
+    alone = decoupled_pipeline(stages, 200, [1, 1], FREE).run().makespan  # both compute all the time
+    shared = decoupled_pipeline(stages, 200, [1, 1], FREE).run_sharing(1.5).makespan
+    assert shared == pytest.approx(1.5 * alone, rel=0.02)
