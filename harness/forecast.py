@@ -278,6 +278,15 @@ def link_worker(ctx, sizes, repeats):
             if k >= 2:
                 times.append((time.perf_counter() - t0) / 2)
         out[size] = statistics.median(times)
+    big = torch.ones(max(sizes) // 4, device=ctx.device)
+    times = []
+    for k in range(repeats // 4 + 2):
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(big)
+        if k >= 2:
+            times.append(time.perf_counter() - t0)
+    out["all_reduce"] = statistics.median(times)
     return out if ctx.rank == 0 else None
 
 
@@ -289,8 +298,11 @@ def measure_link(device="cpu", sizes=(4, 2 ** 16, 2 ** 20, 2 ** 23), repeats=20)
     times = launch(link_worker, 2, (list(sizes), repeats), threads=1, device=device)
     small, large = min(sizes), max(sizes)
     slope = (times[large] - times[small]) / (large - small)
+    # a 2-process all-reduce of the largest message: 2 (m-1)/m = 1 of its bytes each way, its sums included
+    reduce = 8 * large / max(times["all_reduce"] - 2 * times[small], 1e-9) / 1e9
     return Link(8 / slope / 1e9 if slope > 0 else float("inf"), times[small],
-                f"measured here: {8 / slope / 1e9:.2f} Gb/s, {1e6 * times[small]:.0f} us"), times
+                f"measured here: {8 / slope / 1e9:.2f} Gb/s, {1e6 * times[small]:.0f} us, all-reduce "
+                f"{reduce:.2f} Gb/s", reduce), times
 
 
 # ---- the entry script's experiment (scripts/forecast.py) ------------------------------------

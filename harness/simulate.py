@@ -42,6 +42,7 @@ class Link:
     gbps: float
     latency_s: float
     name: str = ""
+    reduce_gbps: float = 0.0  # measured: a 2-process all-reduce's bytes a second (its sums included); 0: gbps
 
     def seconds(self, nbytes):
         return self.latency_s + 8 * nbytes / (self.gbps * 1e9) if nbytes else 0.0
@@ -209,10 +210,13 @@ def backprop(stage, batches):
 
 
 def ring_allreduce_s(nbytes, m, link):
-    """A ring all-reduce of ``nbytes`` over m devices: 2 (m-1) steps of nbytes / m each."""
+    """A ring all-reduce of ``nbytes`` over m devices: 2 (m-1) steps of nbytes / m each
+    (each step at the link's measured all-reduce rate where there is one: 2 processes
+    reduce 2 x nbytes / 2 in all)."""
     if m == 1:
         return 0.0
-    return 2 * (m - 1) * link.seconds(nbytes / m)
+    gbps = link.reduce_gbps or link.gbps
+    return 2 * (m - 1) * (link.latency_s + 8 * nbytes / m / (gbps * 1e9))
 
 
 def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20, host_comm=False):
