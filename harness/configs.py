@@ -227,6 +227,7 @@ class ForecastRun(NetworkFields, RunConfig):
     MICROBATCHES: int = 4
     VALIDATE: bool = False
     VALIDATE_SAMPLES: int = 4096
+    VALIDATE_PARTS: str = "real,sleep"
     REPEATS: int = 5
     EPOCHS: int = 0
     LEARN_RATE: float = 1e-3

@@ -165,13 +165,19 @@ def stage_costs(profile, bounds, batch, extra=None):
     return out
 
 
+def microbatches_of(trainer, m, microbatches):
+    """torch's Schedule1F1B needs at least as many micro-batches as stages: it runs
+    max(MICROBATCHES, M); GPipe runs MICROBATCHES."""
+    return max(microbatches, m) if trainer == "1f1b" else microbatches
+
+
 def per_device_batches(trainer, batch, m, microbatches):
     if m == 1 or trainer in ("bp-1t", "bp-all"):
         return [batch]
     if trainer == "ddp":
         return [batch // m]
     if trainer in ("gpipe", "1f1b"):
-        return [batch // microbatches]
+        return [batch // microbatches_of(trainer, m, microbatches)]
     return [batch]
 
 
@@ -212,8 +218,9 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
                               + profile.last_param_bytes, activation_bytes=sum(c.activation_bytes for c in layers))
             return simulate.ddp(layers, count, m, link, host_comm=host is not None), [whole] * m, False
         if trainer in ("gpipe", "1f1b"):
-            stages = stage_costs(profile, profile.bounds[("exact", m)], batch // microbatches)
-            return simulate.synchronous_pipeline(stages, count, microbatches, link, trainer), stages, False
+            mbs = microbatches_of(trainer, m, microbatches)
+            stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs)
+            return simulate.synchronous_pipeline(stages, count, mbs, link, trainer), stages, False
         cls = rule_class(rule)
         bounds = profile.bounds[(rule, m)]
         stages = stage_costs(profile, bounds, batch, profile.extra[(rule, m)])
@@ -347,10 +354,15 @@ def check_forecast(cfg):
             parse_link(cfg.LINK)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    parts = {p.strip() for p in str(cfg.VALIDATE_PARTS).split(",") if p.strip()}
+    check(parts and parts <= {"real", "sleep"}, f"VALIDATE_PARTS must name real, sleep or both; got "
+                                                f"{cfg.VALIDATE_PARTS!r}")
     many = [m for m in devices if m > 1]
-    if any(t in names for t in ("gpipe", "1f1b")):
-        check(cfg.BATCH_SIZE % cfg.MICROBATCHES == 0,
-              f"BATCH_SIZE {cfg.BATCH_SIZE} does not split into MICROBATCHES={cfg.MICROBATCHES} micro-batches")
+    for t in [t for t in names if t in ("gpipe", "1f1b")]:
+        for m in devices:
+            mbs = microbatches_of(t, m, cfg.MICROBATCHES)
+            check(cfg.BATCH_SIZE % mbs == 0, f"BATCH_SIZE {cfg.BATCH_SIZE} does not split into the {mbs} "
+                                             f"micro-batches of {t} on {m} devices")
     if "ddp" in names and many:
         check(cfg.BATCH_SIZE >= max(many), f"DDP shares a batch of {cfg.BATCH_SIZE} among {max(many)} devices: "
                                            "BATCH_SIZE must be at least the largest of DEVICES")
@@ -437,7 +449,7 @@ def format_table(table, devices):
     return "\n".join(rows) + "\n(seconds per epoch, mean busy fraction of the devices, largest device memory)"
 
 
-def validate(cfg, log=print):
+def validate(cfg, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
     (harness.race's trainers, one epoch of VALIDATE_SAMPLES images) against the forecast
@@ -481,6 +493,8 @@ def validate(cfg, log=print):
                        "measured_epoch_s": measured, "forecast_epoch_s": predicted,
                        "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0}
                 rows.append(row)
+                if save is not None:
+                    save(rows)
                 log(f"  {row['workload']:<22} {t:<20} M={m}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
                     f"({row['error']:+.1%})")
     return rows, link
@@ -549,7 +563,7 @@ SLEEP_DEVICES = (4, 8, 16)
 SLEEP_BATCHES = {"gpipe": 2, "1f1b": 2}  # batches a sleep run times (the pipeline: 8)
 
 
-def validate_sleep(cfg, profile, names, link, min_sleep_s=0.2, log=print):
+def validate_sleep(cfg, profile, names, link, min_sleep_s=0.2, log=print, save=None):
     """The sleep workload (``harness.sleep_workload``) of each pipeline trainer of
     ``names`` on 4, 8 and 16 processes: the profile's stage durations, scaled so that the
     shortest sleep is ``min_sleep_s``, measured against their forecast over ``link``."""
@@ -561,9 +575,9 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.2, log=print):
             if m > profile.n_layers:
                 continue
             if t in ("gpipe", "1f1b"):
-                batch = cfg.BATCH_SIZE // cfg.MICROBATCHES
-                stages = stage_costs(profile, balanced_layers(profile, m), batch)
-                kw = {"microbatches": cfg.MICROBATCHES}
+                mbs = microbatches_of(t, m, cfg.MICROBATCHES)
+                stages = stage_costs(profile, balanced_layers(profile, m), cfg.BATCH_SIZE // mbs)
+                kw = {"microbatches": mbs}
             else:
                 rule = t.split("-", 1)[1]
                 cls = rule_class(rule)
@@ -577,6 +591,8 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.2, log=print):
             row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": measured,
                    "forecast_epoch_s": predicted, "error": predicted / measured - 1}
             rows.append(row)
+            if save is not None:
+                save(rows)
             log(f"  sleep x{k:<5.0f} {t:<20} M={m:<2}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
                 f"({row['error']:+.1%})")
     return rows
@@ -627,8 +643,13 @@ def forecast_main(cfg):
         tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
     validation, errors = [], {}
     if cfg.VALIDATE:
-        real, here = validate(cfg)
-        sleep = validate_sleep(cfg, profile, names, here)
+        parts = {p.strip() for p in cfg.VALIDATE_PARTS.split(",")}
+        save = lambda rows: run.save_json("validation.json", rows)  # noqa: E731 - as they come: a failure keeps them
+        real, here = validate(cfg, save=save) if "real" in parts else ([], None)
+        if "sleep" in parts:
+            here = here or measure_link()[0]
+        sleep = validate_sleep(cfg, profile, names, here, save=lambda rows: save(real + rows)) \
+            if "sleep" in parts else []
         validation = real + sleep
         real_e, sleep_e = error_summary(real), error_summary(sleep)
         errors = {"validation_median_error": error_summary(validation)["median"],

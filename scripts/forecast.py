@@ -42,6 +42,7 @@ MICROBATCHES = 4  # GPipe and 1F1B: micro-batches per batch
 MAX_IN_FLIGHT = 0  # the pipeline's delay k at every stage; 0: M - 1 - i at stage i (every device busy)
 VALIDATE = False  # also measure every trainer on 1 and 2 processes here against its forecast
 VALIDATE_SAMPLES = 4096  # training images of a validation run's epoch
+VALIDATE_PARTS = "real,sleep"  # real: every trainer on 1 and 2 processes; sleep: the sleep workload on 4, 8, 16
 REPEATS = 5  # rounds of the profile's timings (medians)
 EPOCHS = 0  # > 0: the forecast race, each trainer's accuracy per epoch (trained here) against forecast time
 LEARN_RATE = 1e-3  # the forecast race: learning rate (Adam) of every trainer
