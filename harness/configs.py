@@ -224,6 +224,7 @@ class ForecastRun(NetworkFields, RunConfig):
     TRAINERS: str = "bp-all"
     DEVICES: str = "1,2,4,8,16"
     LINK: str = "nvlink4"
+    OTHER_LINK: str = ""
     MICROBATCHES: int = 4
     VALIDATE: bool = False
     VALIDATE_SAMPLES: int = 4096

@@ -350,8 +350,9 @@ def check_forecast(cfg):
 
     try:
         devices, names = parse_devices(cfg.DEVICES), trainer_list(cfg.TRAINERS)
-        if cfg.LINK != "measured":
-            parse_link(cfg.LINK)
+        for text in (cfg.LINK, cfg.OTHER_LINK):
+            if text and text != "measured":
+                parse_link(text)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     parts = {p.strip() for p in str(cfg.VALIDATE_PARTS).split(",") if p.strip()}
@@ -609,70 +610,87 @@ def error_summary(rows):
     return {"median": statistics.median(errs), "max": errs[-1], "runs": len(errs)} if errs else None
 
 
-def forecast_main(cfg):
-    """Profile, forecast every trainer on every M, write forecast.json and the traces,
-    validate with VALIDATE, and print the RESULT line."""
+def _link(text, device):
+    return measure_link(str(device) if device.type == "cpu" else "cpu")[0] if text == "measured" else parse_link(text)
+
+
+def _as_json(table):
+    return {t: {str(m): {k: f[k] for k in ("epoch_s", "busy", "memory_mb", "delays")} for m, f in by_m.items()}
+            for t, by_m in table.items()}
+
+
+def run_validation(cfg, run, profile, names):
+    """VALIDATE's rows (real work, the sleep workload: VALIDATE_PARTS) and their errors."""
+    parts = {p.strip() for p in cfg.VALIDATE_PARTS.split(",")}
+    save = lambda rows: run.save_json("validation.json", rows)  # noqa: E731 - as they come: a failure keeps them
+    real, here = validate(cfg, save=save) if "real" in parts else ([], None)
+    sleep = validate_sleep(cfg, profile, names, here or measure_link()[0], save=lambda rows: save(real + rows)) \
+        if "sleep" in parts else []
+    validation = real + sleep
+    real_e, sleep_e, all_e = error_summary(real), error_summary(sleep), error_summary(validation)
+    for what, e in (("real work", real_e), ("sleep workload", sleep_e)):
+        if e:
+            print(f"validation, {what}: median error {e['median']:.1%}, worst {e['max']:.1%} over {e['runs']} runs")
+    return validation, {"validation_median_error": all_e["median"], "validation_max_error": all_e["max"],
+                        "validation_real": real_e, "validation_sleep": sleep_e}
+
+
+def run_race(cfg, o, run, tables, names, devices):
+    """EPOCHS > 0: the accuracy curves, then per link the forecast time to the target,
+    its table and forecast_race[_<link>].png."""
     from . import figures
+    from .experiment import build
+
+    curves = accuracy_curves(cfg, lambda: build(cfg, o.arch, o.meta, o.device), o.data, names, devices)
+    out = {"curves": {t: {str(m): c for m, c in by_m.items()} for t, by_m in curves.items()}, "by_link": {}}
+    for k, (name, table) in enumerate(tables.items()):
+        target, times = race_table(curves, table, cfg.TARGET_POINTS)
+        print(format_race(times, devices, name))
+        figures.forecast_race_figure(run.file("forecast_race.png" if k == 0 else f"forecast_race_{k}.png"), curves,
+                                     table, target, title=f"{o.arch}, {cfg.N} layers, {o.meta.name}, link {name}")
+        out["target"] = target
+        out["by_link"][name] = {"forecast_time_to_target_s": {t: {str(m): v for m, v in by_m.items()}
+                                                              for t, by_m in times.items()},
+                                "first": {str(m): w for m, w in winners(times, devices).items()}}
+    return out
+
+
+def forecast_main(cfg):
+    """Profile, forecast every trainer on every M (on LINK, and OTHER_LINK from the same
+    profile), write forecast.json and the traces, validate with VALIDATE, race with
+    EPOCHS, and print the RESULT line."""
     from .experiment import build, open_run
     from .rundir import emit_result
 
     o = open_run(cfg)
     cfg, run = o.cfg, o.run
     names, devices = trainer_list(cfg.TRAINERS), parse_devices(cfg.DEVICES)
-    data = o.data
     batch = cfg.BATCH_SIZE
-    batches = len(data.y_train) // batch
+    batches = len(o.data.y_train) // batch
     net = build(cfg, o.arch, o.meta, o.device)
-    x, y = data.x_train[:batch], data.y_train[:batch]
     print(f"forecast of {len(names)} trainers on {devices} devices: {cfg.N} layers of {o.arch} "
           f"({'conv' if cfg.CONV else 'dense'}) on {o.meta.name}, batch {batch}, {batches} batches an epoch; "
           f"profile on {o.device} ({torch.get_num_threads()} threads); results in {run.path}", flush=True)
-    profile = take_profile(net, x, y, names, devices, cfg.MICROBATCHES, cfg.REPEATS)
-    link = measure_link(str(o.device) if o.device.type == "cpu" else "cpu")[0] if cfg.LINK == "measured" \
-        else parse_link(cfg.LINK)
-    print(f"link: {link.name or cfg.LINK}")
+    profile = take_profile(net, o.data.x_train[:batch], o.data.y_train[:batch], names, devices, cfg.MICROBATCHES,
+                           cfg.REPEATS)
+    links = [_link(text, o.device) for text in (cfg.LINK, cfg.OTHER_LINK) if text]
     in_flight = cfg.rule_options.get("max_in_flight", 0)
-    table = forecast_table(profile, names, devices, batch=batch, batches=batches, link=link,
-                           microbatches=cfg.MICROBATCHES, max_in_flight=in_flight)
-    print(format_table(table, devices))
-    top = max(devices)
+    kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight}
+    tables = {}
+    for link in links:
+        tables[link.name] = forecast_table(profile, names, devices, batches=batches, **{**kw, "link": link})
+        print(f"\nlink: {link.name}\n{format_table(tables[link.name], devices)}")
+    top, few = max(devices), min(batches, 2 * max(devices) + 2)
     for t in names:
-        tl = forecast(profile, t, top, batch=batch, batches=min(batches, 2 * top + 2), link=link,
-                      microbatches=cfg.MICROBATCHES, max_in_flight=in_flight,
-                      trace_batches=min(batches, 2 * top + 2))["trace"]
+        tl = forecast(profile, t, top, batches=few, trace_batches=few, **kw)["trace"]
         tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
-    validation, errors = [], {}
-    if cfg.VALIDATE:
-        parts = {p.strip() for p in cfg.VALIDATE_PARTS.split(",")}
-        save = lambda rows: run.save_json("validation.json", rows)  # noqa: E731 - as they come: a failure keeps them
-        real, here = validate(cfg, save=save) if "real" in parts else ([], None)
-        if "sleep" in parts:
-            here = here or measure_link()[0]
-        sleep = validate_sleep(cfg, profile, names, here, save=lambda rows: save(real + rows)) \
-            if "sleep" in parts else []
-        validation = real + sleep
-        real_e, sleep_e = error_summary(real), error_summary(sleep)
-        errors = {"validation_median_error": error_summary(validation)["median"],
-                  "validation_max_error": error_summary(validation)["max"],
-                  "validation_real": real_e, "validation_sleep": sleep_e}
-        for what, e in (("real work", real_e), ("sleep workload", sleep_e)):
-            if e:
-                print(f"validation, {what}: median error {e['median']:.1%}, worst {e['max']:.1%} over "
-                      f"{e['runs']} runs")
-    race = {}
-    if cfg.EPOCHS:
-        curves = accuracy_curves(cfg, lambda: build(cfg, o.arch, o.meta, o.device), data, names, devices)
-        target, times = race_table(curves, table, cfg.TARGET_POINTS)
-        print(format_race(times, devices, link.name or cfg.LINK))
-        figures.forecast_race_figure(run.file("forecast_race.png"), curves, table, target,
-                                     title=f"{o.arch}, {cfg.N} layers, {o.meta.name}, link {link.name or cfg.LINK}")
-        race = {"race": {"target": target, "curves": {t: {str(m): c for m, c in by_m.items()}
-                                                      for t, by_m in curves.items()},
-                         "forecast_time_to_target_s": {t: {str(m): v for m, v in by_m.items()}
-                                                       for t, by_m in times.items()}}}
-    out = {"forecast": {t: {str(m): {k: f[k] for k in ("epoch_s", "busy", "memory_mb", "delays")}
-                            for m, f in by_m.items()} for t, by_m in table.items()},
-           "link": {"name": link.name, "gbps": link.gbps, "latency_s": link.latency_s},
+    validation, errors = run_validation(cfg, run, profile, names) if cfg.VALIDATE else ([], {})
+    race = {"race": run_race(cfg, o, run, tables, names, devices)} if cfg.EPOCHS else {}
+    first = links[0]
+    out = {"forecast": _as_json(tables[first.name]),
+           "link": {"name": first.name, "gbps": first.gbps, "latency_s": first.latency_s},
+           **({"forecast_other_link": {"link": links[1].name, "forecast": _as_json(tables[links[1].name])}}
+              if len(links) > 1 else {}),
            "validation": validation, **errors, **race}
     run.save_json("forecast.json", out)
     emit_result({"dataset": o.meta.name, "architecture": o.arch, **out, "run_dir": str(run.path)},

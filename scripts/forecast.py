@@ -38,6 +38,7 @@ BATCH_SIZE = 128  # mini-batch size (GPipe and 1F1B cut it into MICROBATCHES, DD
 TRAINERS = "bp-all,ddp,gpipe,1f1b,pipeline-exact,pipeline-delayed,pipeline-local"  # trainers, comma-separated
 DEVICES = "1,2,4,8,16"  # device counts M, comma-separated
 LINK = "nvlink4"  # measured, nvlink4, pcie4, ib100, 10gbe, free, or GBPS,LATENCY_US
+OTHER_LINK = "10gbe"  # a second link forecast from the same profile, side by side ("": none)
 MICROBATCHES = 4  # GPipe and 1F1B: micro-batches per batch
 MAX_IN_FLIGHT = 0  # the pipeline's delay k at every stage; 0: M - 1 - i at stage i (every device busy)
 VALIDATE = False  # also measure every trainer on 1 and 2 processes here against its forecast
