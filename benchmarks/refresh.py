@@ -245,6 +245,16 @@ TABLES = (
           commit_heading="## Benchmarks", render=render_pvd, writes="pvd.json"),
     Table("bench_sg", "## The pipeline and its rules", (["python", "benchmarks/bench_sg.py"],),
           ("benchmarks/bench_sg.py", "harness/race.py", *PIPELINE, *TRAINING)),
+    Table("rules", "## Rules at depth", (["python", "benchmarks/bench_rules.py", "--phase", "screen"],
+                                         ["python", "benchmarks/bench_rules.py", "--work", "--stages", "4"]),
+          ("benchmarks/bench_rules.py", *PIPELINE, *TRAINING)),
+    Table("forecast", "## The forecast on M devices",
+          (["python", "scripts/forecast.py", "--validate", "1"],
+           ["python", "scripts/forecast.py", "--train-samples", "12000", "--epochs", "5", "--trainers",
+            "bp-all,ddp,gpipe,1f1b,pipeline-delayed,pipeline-local"],
+           ["python", "scripts/forecast.py", "--conv", "1", "--n", "12", "--devices", "1,2,4,8"]),
+          ("scripts/forecast.py", "harness/forecast.py", "harness/simulate.py", "harness/sleep_workload.py",
+           "harness/race.py", *PIPELINE, *TRAINING)),
 )
 
 _COMMIT = re.compile(r"\b[Cc]ommit ([0-9a-f]{7,40})\b")
