@@ -160,8 +160,8 @@ def summarise(results):
                 quiet = results.get("work", {}).get(net, {}).get(str(m), {})
                 delayed = by_rule.get("delayed", {})
                 common = [s for s in seeds if s in delayed]
-                if rule in quiet and "delayed" in quiet:  # measured on its own (--work), else the runs'
-                    work = quiet[rule] / quiet["delayed"]
+                if quiet:  # measured on its own (--work) for this net and M: only those figures
+                    work = quiet[rule] / quiet["delayed"] if rule in quiet and "delayed" in quiet else None
                 else:
                     work = (statistics.fmean(by_seed[s]["work_s_per_batch"] for s in common)
                             / statistics.fmean(delayed[s]["work_s_per_batch"] for s in common)) if common else None
