@@ -70,13 +70,19 @@ def network(net, info, seed):
     return build_model(choice, info.shape, info.classes, layers, STEP, **kw)
 
 
-def train(net, rule, stages, seed, data, epochs):
-    """One run: its per-epoch test accuracies, training seconds and work per batch."""
+def pipelined(net, rule, stages, seed, data, epochs):
+    """``net`` trained with ``rule`` as M = ``stages`` stages in this process: (the
+    ComplexNet, train_serial's history)."""
     cnet = ComplexNet(network(net, data.info, seed), stages)
     cfg = PipelineConfig(rule=rule, rule_options={"sg_learn_rate": SG_LR}, epochs=epochs, lr=LR,
                          batch_size=BATCH, seed=seed)
+    return cnet, train_serial(cnet, data, cfg)
+
+
+def train(net, rule, stages, seed, data, epochs):
+    """One run: its per-epoch test accuracies, training seconds and work per batch."""
     t0 = time.perf_counter()
-    hist = train_serial(cnet, data, cfg)
+    cnet, hist = pipelined(net, rule, stages, seed, data, epochs)
     batches = epochs * -(-len(data.y_train) // BATCH)
     return {"test_acc": hist["test_acc"], "final": hist["test_acc"][-1], "train_s": sum(hist["seconds"]),
             "wall_s": time.perf_counter() - t0, "stages": stages, "layers_per_stage": layers_per_stage(cnet.bounds),
@@ -95,10 +101,7 @@ def work_per_batch(nets, rules, stages, data, batches=40, rounds=3):
             runs = {r: [] for r in rules}
             for _ in range(rounds):
                 for rule in rules:
-                    cnet = ComplexNet(network(net, data.info, 0), m)
-                    cfg = PipelineConfig(rule=rule, rule_options={"sg_learn_rate": SG_LR}, epochs=1, lr=LR,
-                                         batch_size=BATCH, seed=0)
-                    hist = train_serial(cnet, sub, cfg)
+                    _, hist = pipelined(net, rule, m, 0, sub, 1)
                     runs[rule].append(sum(p["busy_s"] for p in hist["profile"]) / batches)
             out.setdefault(net, {})[str(m)] = {r: statistics.median(v) for r, v in runs.items()}
             print(f"{net}, M = {m}: work a batch " + ", ".join(f"{r} {1e3 * v:.0f} ms" for r, v in

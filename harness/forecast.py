@@ -5,8 +5,8 @@ layer's forward and backward pass and its optimiser step (Adam), the opening lay
 the classifier with its loss, at every batch size a trainer runs (B; B / MICROBATCHES for
 GPipe and 1F1B; B / M for DDP), and counts the bytes of each cut's state and each layer's
 parameters.  A rule's extra work at a stage is what the balancer measures for it
-(``synthetic.balance.measure_costs``: its module or head at the cut, its further passes)
-less what it measures for backprop on the same cuts.  Cuts are the balancer's
+(``synthetic.balance.measure_costs``: its module or head at the cut, its further
+passes).  Cuts are the balancer's
 (``balanced_bounds``) on the rule's costs.
 
 ``forecast`` turns the profile into each stage's costs (``simulate.StageCost``), runs the
@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 from models.devices import sync
 from models.training import make_optimizer
-from synthetic.balance import Costs, balanced_bounds, measure_costs
+from synthetic.balance import Costs, balanced_bounds, forward_states, lift_parameters, measure_costs
 from synthetic.rules import Delayed, Replay, delay, rule_class
 
 from . import simulate
+from .race import threads
 from .simulate import LINKS, Link, StageCost
 
 FORECAST_TRAINERS = ("bp-1t", "bp-all", "ddp", "gpipe", "1f1b")  # and pipeline-<rule>
@@ -77,13 +78,9 @@ def time_layers(net, x, y, repeats=5):
     all of them alike."""
     net = copy.deepcopy(net).to(x.device).train()
     n = net.n_layers
-    with torch.no_grad():
-        states = [net.initial_state(x)]
-        for j in range(n):
-            states.append(net.step(j, states[-1]))
-    groups = [net.layer_parameters(j, j + 1) for j in range(n)]
-    lift = list(net.lift.parameters()) if net.lift is not None else []
-    groups += [lift, list(net.classifier.parameters())]
+    states = forward_states(net, x)
+    groups = [net.layer_parameters(j, j + 1) for j in range(n)] + [lift_parameters(net),
+                                                                    list(net.classifier.parameters())]
     optimizers = [make_optimizer("adam", g, 1e-9) if g else None for g in groups]
 
     def clock(fn):
@@ -125,15 +122,9 @@ def time_layers(net, x, y, repeats=5):
 def profile_network(net, x, y, batch_sizes, repeats=5):
     """The Profile of ``net``, timed at each of ``batch_sizes`` on the first samples of (x, y)."""
     times = {b: time_layers(net, x[:b], y[:b], repeats) for b in sorted(set(batch_sizes))}
-    with torch.no_grad():
-        probe = x[:1]
-        states = [net.initial_state(probe)]
-        for j in range(net.n_layers):
-            states.append(net.step(j, states[-1]))
-    lift = list(net.lift.parameters()) if net.lift is not None else []
-    return Profile(times, [_nbytes(s) for s in states],
+    return Profile(times, [_nbytes(s) for s in forward_states(net, x[:1])],
                    [_nbytes(net.layer_parameters(j, j + 1)) for j in range(net.n_layers)],
-                   _nbytes(lift), _nbytes(list(net.classifier.parameters())))
+                   _nbytes(lift_parameters(net)), _nbytes(list(net.classifier.parameters())))
 
 
 def add_rule(profile, costs, rule, m):
@@ -410,25 +401,13 @@ def sharing_factor(net, x, y, processes=2, repeats=5):
     compute at once than alone: the ratio of the summed medians."""
     from .launch import launch
 
-    with _threads(1):
+    with threads(1):
         alone = time_layers(net, x, y, repeats)
     together = launch(sharing_worker, processes, (net, x, y, repeats), threads=1, device="cpu")
 
     def total(t):
         return sum(t.forward) + sum(t.backward) + sum(t.step)
     return total(together) / total(alone)
-
-
-class _threads:
-    def __init__(self, n):
-        self.n = n
-
-    def __enter__(self):
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
 
 
 def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0):
@@ -474,7 +453,7 @@ def validate(cfg, log=print, save=None):
             sub = data.head(len(data.y_train) - len(data.y_train) % batch)
             net = build(vcfg, arch, meta)
             x, y = sub.x_train[:batch], sub.y_train[:batch]
-            with _threads(1):
+            with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
             share = sharing_factor(net, x, y, 2, cfg.REPEATS)
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
@@ -484,7 +463,7 @@ def validate(cfg, log=print, save=None):
             batches = len(sub.y_train) // batch
             for t in names:
                 m = 1 if t == "bp-1t" else 2
-                with _threads(1):
+                with threads(1):
                     curve, _, _ = run_trainer(t, race)
                 measured = curve[-1]["seconds"]
                 predicted = forecast(profile, t, m, batch=batch, batches=batches, link=link,

@@ -59,22 +59,10 @@ def _now(gen):
     return run_alone(gen)
 
 
-class _NoProfile:
-    batch = 0
-
-    def __call__(self, kind):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives):
     """Our pipeline's stage ``ctx.rank`` with sleeping compute; rank 0 returns the seconds
     from the first batch to the last stage's end (every rank's end, by a barrier)."""
+    from synthetic.profile import StageProfile
     from synthetic.transport import PointToPoint
 
     s, m = ctx.rank, ctx.world_size
@@ -82,7 +70,8 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives):
     width = lambda nbytes: max(nbytes // (4 * batch), 1)  # noqa: E731 - floats a sample at a cut
     in_w = width(stages[s - 1].out_bytes) if s > 0 else 1
     out_w = width(me.out_bytes)
-    transport = PointToPoint(s, m, 1, (in_w,), (out_w,), torch.device("cpu"), torch.float32, _NoProfile())
+    transport = PointToPoint(s, m, 1, (in_w,), (out_w,), torch.device("cpu"), torch.float32,
+                             StageProfile(torch.device("cpu")))
     program = simulate.decoupled_programs(m, batches, delays, receives)[s]
     labels = torch.zeros(batch, dtype=torch.long)
     dist.barrier()

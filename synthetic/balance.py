@@ -109,6 +109,21 @@ def _timed(pieces, repeats, device):
     return [statistics.median(t) for t in times]
 
 
+def forward_states(net, x):
+    """The states of ``net`` on batch x, without a graph: [entering layer 0, after layer 0,
+    ..., after the last layer] (the state at cut b is entry b)."""
+    with torch.no_grad():
+        states = [net.initial_state(x)]
+        for j in range(net.n_layers):
+            states.append(net.step(j, states[-1]))
+    return states
+
+
+def lift_parameters(net):
+    """The opening layer's parameters (none for a dense network's padding)."""
+    return list(net.lift.parameters()) if net.lift is not None else []
+
+
 def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     """Time every piece of ``net`` on one batch (x, y) where it lies (its device, this
     process's threads), each with its optimiser step (Adam): each layer's forward and
@@ -121,10 +136,7 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     rule = make_rule(rule) if isinstance(rule, str) else rule
     net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
-    states = [net.initial_state(x)]
-    with torch.no_grad():
-        for j in range(net.n_layers):
-            states.append(net.step(j, states[-1]))
+    states = forward_states(net, x)
 
     def stepped(work, params):
         opt = make_optimizer("adam", params, 1e-6) if params else None
@@ -153,7 +165,7 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
         inp = tuple(t.detach().requires_grad_() for t in states[-1])
         F.cross_entropy(net.classify(inp), y).backward()
 
-    lift = list(net.lift.parameters()) if net.lift is not None else []
+    lift = lift_parameters(net)
     n = net.n_layers
     pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(n)]
     pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
