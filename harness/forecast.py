@@ -178,49 +178,46 @@ def _memory_mb(stage, in_flight_count, stash):
     return (state + kept + (stage.param_bytes * in_flight_count if stash else 0)) / 2 ** 20
 
 
-def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace_batches=0,
+def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight, host_comm):
+    """The trainer's Timeline (not yet run), the costs of its devices' stages, whether its
+    rule stashes weights, and each stage's delay (the pipeline's rules; else None)."""
+    n = profile.n_layers
+    if m == 1 or trainer in ("bp-1t", "bp-all"):
+        (whole,) = stage_costs(profile, [(0, n)], batch)
+        return simulate.backprop(whole, batches), [whole], False, None
+    if trainer == "ddp":
+        share = batch // m
+        t = profile.times[share]
+        layers = [StageCost(t.forward[j], t.backward[j], t.step[j], param_bytes=profile.param_bytes[j])
+                  for j in range(n)]
+        layers[0].forward += t.first[0]
+        layers[0].backward += t.first[1]
+        layers[-1].forward += t.last[0]
+        layers[-1].backward += t.last[1]
+        layers[-1].step += t.last[2] + t.first[2]
+        (whole,) = stage_costs(profile, [(0, n)], share)  # every device's memory
+        return simulate.ddp(layers, batches, m, link, host_comm=host_comm), [whole] * m, False, None
+    if trainer in ("gpipe", "1f1b"):
+        mbs = microbatches_of(trainer, m, microbatches)
+        stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs)
+        return simulate.synchronous_pipeline(stages, batches, mbs, link, trainer), stages, False, None
+    rule = trainer.split("-", 1)[1]
+    cls = rule_class(rule)
+    stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra[(rule, m)])
+    delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
+    tl = simulate.decoupled_pipeline(stages, batches, delays, link, cls.receives_gradients)
+    return tl, stages, issubclass(cls, Delayed) and not issubclass(cls, Replay), delays
+
+
+def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace=False,
              host=None):
     """{epoch_s, busy, memory_mb, delays} of ``trainer`` on ``m`` devices for an epoch of
-    ``batches`` batches of ``batch``; with ``trace_batches``, also the Timeline of that
-    many batches (``trace``).  ``host``: the devices are processes sharing this
+    ``batches`` batches of ``batch``; with ``trace``, also the simulated Timeline
+    (``timeline``).  ``host``: the devices are processes sharing this
     machine's cores, their compute ``host`` times slower while others compute
     (``Timeline.run_sharing``) and DDP's all-reduce on their cores."""
-    n = profile.n_layers
-    rule = trainer.split("-", 1)[1] if trainer.startswith("pipeline-") else None
-    delays = None
-
-    def build(count):
-        nonlocal delays
-        if m == 1 or trainer in ("bp-1t", "bp-all"):
-            (whole,) = stage_costs(profile, [(0, n)], batch)
-            return simulate.backprop(whole, count), [whole], False
-        if trainer == "ddp":
-            share = batch // m
-            t = profile.times[share]
-            layers = [StageCost(t.forward[j], t.backward[j], t.step[j], param_bytes=profile.param_bytes[j],
-                                activation_bytes=profile.state_bytes[j] * share) for j in range(n)]
-            layers[0].forward += t.first[0]
-            layers[0].backward += t.first[1]
-            layers[-1].forward += t.last[0]
-            layers[-1].backward += t.last[1]
-            layers[-1].step += t.last[2] + t.first[2]
-            whole = StageCost(sum(c.forward for c in layers), sum(c.backward for c in layers),
-                              param_bytes=sum(profile.param_bytes) + profile.first_param_bytes
-                              + profile.last_param_bytes, activation_bytes=sum(c.activation_bytes for c in layers))
-            return simulate.ddp(layers, count, m, link, host_comm=host is not None), [whole] * m, False
-        if trainer in ("gpipe", "1f1b"):
-            mbs = microbatches_of(trainer, m, microbatches)
-            stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs)
-            return simulate.synchronous_pipeline(stages, count, mbs, link, trainer), stages, False
-        cls = rule_class(rule)
-        bounds = profile.bounds[(rule, m)]
-        stages = stage_costs(profile, bounds, batch, profile.extra[(rule, m)])
-        delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
-        tl = simulate.decoupled_pipeline(stages, count, delays, link, cls.receives_gradients)
-        stash = issubclass(cls, Delayed) and not issubclass(cls, Replay)
-        return tl, stages, stash
-
-    tl, stages, stash = build(batches)
+    tl, stages, stash, delays = _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight,
+                                          host_comm=host is not None)
     if host is not None and trainer == "ddp" and m > 1:  # one device simulated: every device computes alike
         for op in tl.ops:
             op.duration *= host if op.name[0] in "fb" else 1.0
@@ -231,12 +228,12 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
         tl.run()
     span = tl.makespan
     devices = tl.devices()
-    memory = [_memory_mb(stages[k] if k < len(stages) else stages[-1], max(simulate.in_flight(tl, d), 1), stash)
+    memory = [_memory_mb(stages[k], max(simulate.in_flight(tl, d), 1), stash)
               for k, d in enumerate(devices)]
     out = {"epoch_s": span, "busy": [tl.busy(d) / span if span else 0.0 for d in devices],
            "memory_mb": memory, "delays": delays}
-    if trace_batches:
-        out["trace"] = build(trace_batches)[0].run()
+    if trace:
+        out["timeline"] = tl
     return out
 
 
@@ -661,7 +658,7 @@ def forecast_main(cfg):
         print(f"\nlink: {link.name}\n{format_table(tables[link.name], devices)}")
     top, few = max(devices), min(batches, 2 * max(devices) + 2)
     for t in names:
-        tl = forecast(profile, t, top, batches=few, trace_batches=few, **kw)["trace"]
+        tl = forecast(profile, t, top, batches=few, trace=True, **kw)["timeline"]
         tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
     validation, errors = run_validation(cfg, run, profile, names) if cfg.VALIDATE else ([], {})
     race = {"race": run_race(cfg, o, run, tables, names, devices)} if cfg.EPOCHS else {}

@@ -80,6 +80,7 @@ class Op:
     start: float = 0.0
     end: float = 0.0
     args: dict = field(default_factory=dict)
+    before: list = field(default_factory=list, repr=False)  # what it waits for, its resource's previous op too (run)
 
 
 class Timeline:
