@@ -72,10 +72,41 @@ def _nbytes(tensors):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _clock(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def time_step(net, x, y, steps=10, min_s=2.0):
+    """Seconds of one backprop step of the whole ``net`` on (x, y) as ``fit`` takes it:
+    (forward pass with the loss, backward pass, Adam's step), each the mean over at least
+    ``steps`` steps and ``min_s`` seconds, after two unmeasured.  An epoch's time is a sum,
+    so a mean predicts it, and this machine's speed wanders by 10-15 % from one second to
+    the next: a second or two of steps averages that out."""
+    net = copy.deepcopy(net).to(x.device).train()
+    opt = make_optimizer("adam", net.parameters(), 1e-9)
+    rows, spent = [], 0.0
+    while len(rows) < steps + 2 or spent < min_s:
+        tf, loss = _clock(lambda: F.cross_entropy(net(x), y), x.device)
+        tb, _ = _clock(loss.backward, x.device)
+        ts, _ = _clock(opt.step, x.device)
+        opt.zero_grad(set_to_none=True)
+        rows.append((tf, tb, ts))
+        spent += tf + tb + ts if len(rows) > 2 else 0.0
+    return tuple(statistics.fmean(r[k] for r in rows[2:]) for k in range(3))
+
+
 def time_layers(net, x, y, repeats=5):
-    """LayerTimes of ``net`` on batch (x, y): the median over ``repeats`` rounds (after one
-    unmeasured), every piece once a round, so that a drift of the machine's speed falls on
-    all of them alike."""
+    """LayerTimes of ``net`` on batch (x, y).  Each piece is timed alone (the median over
+    ``repeats`` rounds after one unmeasured, every piece once a round, so that a drift of
+    the machine's speed falls on all of them alike); those times give each piece's share,
+    and the whole network's step (``time_step``) their sum: a
+    piece's forward time is its share of the whole forward pass, and so on.  Pieces timed
+    one by one pay per-call costs that a whole step does not, and a few milliseconds of
+    each are noisier than their sum."""
     net = copy.deepcopy(net).to(x.device).train()
     n = net.n_layers
     states = forward_states(net, x)
@@ -84,11 +115,7 @@ def time_layers(net, x, y, repeats=5):
     optimizers = [make_optimizer("adam", g, 1e-9) if g else None for g in groups]
 
     def clock(fn):
-        sync(x.device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(x.device)
-        return time.perf_counter() - t0, out
+        return _clock(fn, x.device)
 
     def one_round():
         f, b, s = [], [], []
@@ -116,6 +143,8 @@ def time_layers(net, x, y, repeats=5):
     one_round()
     rounds = [one_round() for _ in range(repeats)]
     med = [[statistics.median(r[k][j] for r in rounds) for j in range(n + 2)] for k in range(3)]
+    whole = time_step(net, x, y)
+    med = [[t * total / sum(pieces) if sum(pieces) else t for t in pieces] for pieces, total in zip(med, whole)]
     return LayerTimes(med[0][:n], med[1][:n], med[2][:n], tuple(m[n] for m in med), tuple(m[n + 1] for m in med))
 
 
@@ -384,27 +413,33 @@ def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
     return profile
 
 
-def sharing_worker(ctx, net, x, y, repeats):
-    """Every rank times the layers at once: the compute of processes sharing the machine."""
+def sharing_worker(ctx, net, x, y, rounds):
+    """Every rank times backprop steps at once (``time_step``): the compute of processes
+    sharing the machine; the ranks' mean seconds a step, one entry per round."""
     import torch.distributed as dist
 
-    dist.barrier()
-    t = time_layers(net, x, y, repeats)
-    return t if ctx.is_main else None
+    out = []
+    for _ in range(rounds):
+        dist.barrier()
+        mine = torch.tensor(sum(time_step(net, x, y)), dtype=torch.float64)
+        dist.all_reduce(mine)
+        out.append(mine.item() / ctx.world_size)
+    return out
 
 
-def sharing_factor(net, x, y, processes=2, repeats=5):
-    """How much slower a layer's compute is when ``processes`` one-thread processes
-    compute at once than alone: the ratio of the summed medians."""
+def sharing_factor(net, x, y, processes=2, rounds=2):
+    """How much slower a step's compute is when ``processes`` one-thread processes compute
+    at once than when one computes alone: the ratio of the mean step times (each over a
+    couple of seconds of steps, ``rounds`` rounds of each, alone and together taken
+    alternately so that a drift of the machine's speed falls on both)."""
     from .launch import launch
 
-    with threads(1):
-        alone = time_layers(net, x, y, repeats)
-    together = launch(sharing_worker, processes, (net, x, y, repeats), threads=1, device="cpu")
-
-    def total(t):
-        return sum(t.forward) + sum(t.backward) + sum(t.step)
-    return total(together) / total(alone)
+    alone, together = [], []
+    for _ in range(rounds):
+        with threads(1):
+            alone.append(sum(time_step(net, x, y)))
+        together += launch(sharing_worker, processes, (net, x, y, 1), threads=1, device="cpu")
+    return statistics.fmean(together) / statistics.fmean(alone)
 
 
 def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0):
@@ -452,7 +487,8 @@ def validate(cfg, log=print, save=None):
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            share = sharing_factor(net, x, y, 2, cfg.REPEATS)
+            share = sharing_factor(net, x, y, 2)
+            log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=1, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
