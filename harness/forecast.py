@@ -573,10 +573,10 @@ def winners(times, devices):
 
 
 SLEEP_DEVICES = (4, 8, 16)
-SLEEP_BATCHES = {"gpipe": 2, "1f1b": 2}  # batches a sleep run times (the pipeline: 8)
+SLEEP_BATCHES = {"gpipe": 2, "1f1b": 2, "pipeline-exact": 3}  # batches a sleep run times (the other pipelines: 8)
 
 
-def validate_sleep(cfg, profile, names, link, min_sleep_s=0.2, log=print, save=None):
+def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=None):
     """The sleep workload (``harness.sleep_workload``) of each pipeline trainer of
     ``names`` on 4, 8 and 16 processes: the profile's stage durations, scaled so that the
     shortest sleep is ``min_sleep_s``, measured against their forecast over ``link``."""
