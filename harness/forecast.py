@@ -21,6 +21,7 @@ device), ddp, gpipe, 1f1b and pipeline-<rule>; multilevel and PVD are not.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -283,7 +284,8 @@ def parse_link(text):
 
 def link_worker(ctx, sizes, repeats):
     """Rank 0 and 1 bounce a tensor of each size (bytes) ``repeats`` times over the group's
-    transport; rank 0 returns {size: median one-way seconds}."""
+    transport; rank 0 returns {size: median one-way seconds, "all_reduce": the mean
+    seconds of an all-reduce of the largest, over a second of them back to back}."""
     import torch.distributed as dist
 
     out = {}
@@ -303,14 +305,18 @@ def link_worker(ctx, sizes, repeats):
                 times.append((time.perf_counter() - t0) / 2)
         out[size] = statistics.median(times)
     big = torch.ones(max(sizes) // 4, device=ctx.device)
-    times = []
-    for k in range(repeats // 4 + 2):
+    for _ in range(3):  # warm-up; the last one times how many make a second
         dist.barrier()
         t0 = time.perf_counter()
         dist.all_reduce(big)
-        if k >= 2:
-            times.append(time.perf_counter() - t0)
-    out["all_reduce"] = statistics.median(times)
+    count = torch.tensor([max(repeats, math.ceil(1.0 / max(time.perf_counter() - t0, 1e-6)))])
+    dist.broadcast(count, 0)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(int(count)):  # back to back, as DDP's buckets go: the mean over a second
+        dist.all_reduce(big)
+    sync(ctx.device)
+    out["all_reduce"] = (time.perf_counter() - t0) / int(count)
     return out if ctx.rank == 0 else None
 
 
