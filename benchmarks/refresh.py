@@ -252,7 +252,8 @@ TABLES = (
           (["python", "scripts/forecast.py", "--validate", "1"],
            ["python", "scripts/forecast.py", "--train-samples", "12000", "--epochs", "5", "--trainers",
             "bp-all,ddp,gpipe,1f1b,pipeline-delayed,pipeline-local"],
-           ["python", "scripts/forecast.py", "--conv", "1", "--n", "12", "--devices", "1,2,4,8"]),
+           ["python", "scripts/forecast.py", "--conv", "1", "--n", "12", "--devices", "1,2,4,8", "--train-samples",
+            "12000", "--epochs", "5", "--trainers", "bp-all,ddp,gpipe,1f1b,pipeline-delayed,pipeline-local"]),
           ("scripts/forecast.py", "harness/forecast.py", "harness/simulate.py", "harness/sleep_workload.py",
            "harness/race.py", *PIPELINE, *TRAINING)),
 )
