@@ -104,10 +104,10 @@ def time_layers(net, x, y, repeats=5):
     """LayerTimes of ``net`` on batch (x, y).  Each piece is timed alone (the median over
     ``repeats`` rounds after one unmeasured, every piece once a round, so that a drift of
     the machine's speed falls on all of them alike); those times give each piece's share,
-    and the whole network's step (``time_step``) their sum: a
-    piece's forward time is its share of the whole forward pass, and so on.  Pieces timed
-    one by one pay per-call costs that a whole step does not, and a few milliseconds of
-    each are noisier than their sum."""
+    and the whole network's step (``time_step``) their sum: a piece's forward time is its
+    share of the whole forward pass, and so on.  Pieces timed one by one pay per-call
+    costs that a whole step does not, and a few milliseconds of each are noisier than
+    their sum."""
     net = copy.deepcopy(net).to(x.device).train()
     n = net.n_layers
     states = forward_states(net, x)
@@ -309,7 +309,7 @@ def link_worker(ctx, sizes, repeats):
         dist.barrier()
         t0 = time.perf_counter()
         dist.all_reduce(big)
-    count = torch.tensor([max(repeats, math.ceil(1.0 / max(time.perf_counter() - t0, 1e-6)))])
+    count = torch.tensor([max(repeats, math.ceil(1.0 / max(time.perf_counter() - t0, 1e-6)))], device=ctx.device)
     dist.broadcast(count, 0)
     dist.barrier()
     t0 = time.perf_counter()

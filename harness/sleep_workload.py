@@ -11,9 +11,9 @@ back) and goes through the same code as training:
              passes), one step per stage per batch.
 Sleeps need no core, so M processes on 2 cores stand for M devices, as long as each
 process's own work per message (about a millisecond here) stays small beside its sleeps:
-the durations are scaled so that the shortest sleep is ``min_sleep_s`` (100 ms in
-the validation), which keeps that work to about 1-2 % of a stage's time; the host's cores are not
-modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep workload.
+the durations are scaled so that the shortest sleep is ``min_sleep_s`` (100 ms in the
+validation), which keeps that work to about 1-2 % of a stage's time; the host's cores
+are not modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep workload.
 """
 from __future__ import annotations
 
