@@ -162,7 +162,7 @@ def add_rule(profile, costs, rule, m):
     stage's extra seconds for the rule (its work at the stage's cut, its further passes)."""
     bounds = balanced_bounds(costs, m)
     profile.bounds[(rule, m)] = bounds
-    profile.extra[(rule, m)] = [costs.cuts.get(b, 0.0) + sum(costs.forward_again[a:b]) if s < m - 1 else 0.0
+    profile.extra[(rule, m)] = [costs.cuts.get(b, 0.0) + sum(costs.layer_extra[a:b]) if s < m - 1 else 0.0
                                 for s, (a, b) in enumerate(bounds)]
     return bounds
 

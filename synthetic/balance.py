@@ -4,8 +4,9 @@ A pipeline runs at the pace of its slowest stage.  Stage i's work per batch is i
 layers' forward and backward passes, plus the opening layer on stage 0, the classifier
 and the loss on the last stage, and, on every stage but the last, what its rule adds:
 its work at the cut (``Rule.cut_work``: a synthetic-gradient module, a local
-classifier) and further passes of its layers (``Rule.forward_passes``,
-``Rule.backward_passes``); each piece with its optimiser step.
+classifier), further passes of its layers (``Rule.forward_passes``,
+``Rule.backward_passes``) and its own work per layer (``Rule.layer_work``: copying the
+weights into a stash); each piece with its optimiser step.
 ``measure_costs`` times these pieces on the device, ``balanced_bounds`` places the cuts.
 """
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Costs:
     first: float = 0.0  # the opening layer (lift) on stage 0
     last: float = 0.0  # classifier and loss on the last stage
     cuts: dict = field(default_factory=dict)  # cut position b -> the rule's work at a cut after layer b - 1
-    forward_again: list = field(default_factory=list)  # layer j's further passes (Rule.forward_passes, backward_passes)
+    layer_extra: list = field(default_factory=list)  # layer j's further work: passes (Rule.forward_passes,
+    #                                                  backward_passes) and Rule.layer_work (a stash)
 
     def stage(self, i, a, b, parts):
         """Stage i of ``parts`` running layers [a, b)."""
@@ -49,7 +51,7 @@ class Costs:
         if i == parts - 1:
             cost += self.last
         else:
-            cost += self.cuts.get(b, 0.0) + sum(self.forward_again[a:b])
+            cost += self.cuts.get(b, 0.0) + sum(self.layer_extra[a:b])
         return cost
 
     def stages(self, bounds):
@@ -63,7 +65,7 @@ class Costs:
         return Costs([max(c.layers[j] for c in measured) for j in range(len(first.layers))],
                      max(c.first for c in measured), max(c.last for c in measured),
                      {b: max(c.cuts[b] for c in measured) for b in first.cuts},
-                     [max(c.forward_again[j] for c in measured) for j in range(len(first.forward_again))])
+                     [max(c.layer_extra[j] for c in measured) for j in range(len(first.layer_extra))])
 
 
 def balanced_bounds(costs: Costs, parts, multiple=1):
@@ -130,8 +132,9 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     backward pass, the opening layer, the classifier and loss, and what ``rule`` (a Rule
     or a registered name) adds: its work at each cut position in ``cuts`` (default all;
     ``Rule.cut_work``, with a module of ``sg_kind``; pieces of one state shape are timed
-    once), and each layer's further passes (``Rule.forward_passes``; a further backward
-    pass, ``Rule.backward_passes``, is timed as the layer's forward and backward pass).  A
+    once), and each layer's further work (``Costs.layer_extra``): its further passes
+    (``Rule.forward_passes``; a further backward pass, ``Rule.backward_passes``, is timed
+    as the layer's forward and backward pass) and ``Rule.layer_work`` (a stash).  A
     copy of ``net``, on the batch's device, is timed; ``net`` is left as it was."""
     rule = make_rule(rule) if isinstance(rule, str) else rule
     net = copy.deepcopy(net).to(x.device).train()
@@ -170,10 +173,12 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(n)]
     pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
     forwards, backwards = rule.forward_passes - 1, rule.backward_passes - 1
-    again = forwards or backwards
-    if again:
+    own = [rule.layer_work(net.layer_parameters(j, j + 1)) for j in range(n)]
+    extra = forwards or backwards or any(w is not None for w in own)
+    if extra:
         pieces += [stepped(lambda j=j: ([forward_again(j) for _ in range(forwards)],
-                                        [layer(j) for _ in range(backwards)]), []) for j in range(n)]
+                                        [layer(j) for _ in range(backwards)],
+                                        own[j] is not None and own[j]()), []) for j in range(n)]
     shapes = {}  # state shape at a cut -> its piece's index (pieces of one shape are timed once)
     for b in cuts:
         shape = net.state_shape_at(b)
@@ -185,7 +190,7 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     t = _timed(pieces, repeats, x.device)
     at_cut = {b: shapes[net.state_shape_at(b)] for b in cuts}
     return Costs(t[:n], t[n], t[n + 1], {b: t[k] for b, k in at_cut.items() if k is not None},
-                 t[n + 2:2 * n + 2] if again else [])
+                 t[n + 2:2 * n + 2] if extra else [])
 
 
 def choose_bounds(net, x, y, parts, *, rule, mode="cost", sg_kind="linear", threads=1, multiple=1,

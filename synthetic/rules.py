@@ -138,6 +138,11 @@ class Rule(abc.ABC):
         (work, the parameters it steps), or None for nothing."""
         return None
 
+    def layer_work(self, params):
+        """The balancer's cost of what the rule adds per batch for a layer's parameters
+        ``params`` besides its passes (a stash of them): a callable, or None for nothing."""
+        return None
+
     def options(self):
         """{option name: value}."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -291,6 +296,16 @@ class Delayed(Rule):
         """The weights of the forward pass: the stage's own."""
         return self.names
 
+    def layer_work(self, params):
+        """Copying the layer's weights into a stash, once a batch."""
+        stash = [p.detach().clone() for p in params]
+
+        def copy():
+            with torch.no_grad():
+                for kept, p in zip(stash, params):
+                    kept.copy_(p)
+        return copy
+
     def forward(self, stage, inp, labels):
         with stage.prof("forward"):
             with torch.no_grad():
@@ -380,6 +395,18 @@ class Predicted(Delayed):
             return state["momentum_buffer"]
         return self.last.get(n)
 
+    def layer_work(self, params):
+        """The prediction (Adam's direction and one axpy) and the stash's copy, once a batch."""
+        copy = super().layer_work(params)
+        moments = [(torch.zeros_like(p), torch.ones_like(p)) for p in params]
+
+        def predict():
+            with torch.no_grad():
+                for p, (m, v) in zip(params, moments):
+                    p - 1e-3 * (m / 0.1 / ((v / 1e-3).sqrt() + 1e-8))
+            copy()
+        return predict
+
     def applying(self, stage):
         if not isinstance(stage.opt, torch.optim.Adam) and not stage.opt.param_groups[0].get("momentum"):
             self.last = {n: p.grad.detach().clone() for n, p in self.names.items() if p.grad is not None}
@@ -396,6 +423,9 @@ class Replay(Delayed):
     receives_gradients = True
     kinds = ("replay",)
     forward_passes = 2
+
+    def layer_work(self, params):
+        return None  # no stash: it keeps inputs, and its second forward pass is forward_passes
 
     def forward(self, stage, inp, labels):
         with torch.no_grad():

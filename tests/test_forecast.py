@@ -55,7 +55,7 @@ def test_a_balanced_pipeline_forecast_is_a_quarter_of_backprop_on_four_free_devi
     t = LayerTimes([1.0] * 8, [2.0] * 8, [0.0] * 8)
     half = LayerTimes([0.5] * 8, [1.0] * 8, [0.0] * 8)
     profile = Profile({64: t, 16: half}, [4 * 64] * 9, [1000] * 8)
-    costs = Costs([3.0] * 8, cuts={}, forward_again=[])
+    costs = Costs([3.0] * 8, cuts={}, layer_extra=[])
     for rule in ("local", "delayed", "exact"):
         add_rule(profile, costs, rule, 4)
     assert profile.bounds[("local", 4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]

@@ -269,17 +269,19 @@ def test_each_rule_costs_what_it_makes_a_stage_do():
     x, y = data.x_train[:32], data.y_train[:32]
     costs = {rule: measure_costs(net, x, y, rule=rule, repeats=1)
              for rule in ("exact", "synthetic", "replay", "local", "local-delayed")}
-    assert not costs["exact"].cuts and not costs["exact"].forward_again
+    assert not costs["exact"].cuts and not costs["exact"].layer_extra
     assert set(costs["synthetic"].cuts) == set(costs["local"].cuts) == set(range(1, 6))
-    assert len(costs["replay"].forward_again) == 6 and not costs["replay"].cuts
+    assert len(costs["replay"].layer_extra) == 6 and not costs["replay"].cuts
     replay, synthetic = costs["replay"], costs["synthetic"]
-    assert min(replay.forward_again) > 0  # stage 0 of [(0, 3), (3, 6)] runs layers 0-2 twice forward
+    assert min(replay.layer_extra) > 0  # stage 0 of [(0, 3), (3, 6)] runs layers 0-2 twice forward
     assert replay.stages([(0, 3), (3, 6)])[0] == pytest.approx(sum(replay.layers[:3]) + replay.first
-                                                               + sum(replay.forward_again[:3]))
+                                                               + sum(replay.layer_extra[:3]))
     assert synthetic.stages([(0, 3), (3, 6)])[0] == pytest.approx(sum(synthetic.layers[:3]) + synthetic.first
                                                                   + synthetic.cuts[3])
-    mixed = costs["local-delayed"]  # a head at the cut and a second backward pass
-    assert set(mixed.cuts) == set(range(1, 6)) and min(mixed.forward_again) > 0
+    mixed = costs["local-delayed"]  # a head at the cut, a second backward pass and a stash
+    assert set(mixed.cuts) == set(range(1, 6)) and min(mixed.layer_extra) > 0
+    stashed = measure_costs(net, x, y, rule="delayed", repeats=1)  # copying the weights into a stash
+    assert len(stashed.layer_extra) == 6 and min(stashed.layer_extra) > 0 and not stashed.cuts
 
 
 @pytest.mark.parametrize("script", ["run_standard_sg", "testParallelNet", "distSg", "distMulti"])
