@@ -31,7 +31,8 @@ a stage waiting for a gradient yields) and, as it needs them, ``forward`` (the s
 forward pass, with what the rule keeps of it), ``drain``, ``parameters`` and
 ``net_parameters`` (what it trains itself), ``state_dict``/``load_state_dict``,
 ``kinds`` and ``stats`` (its names in the stage's profile and history) and its costs for
-the balancer (``cut_work``, ``forward_passes``, ``backward_passes``).  docs/DESIGN.md shows how to add one.
+the balancer (``cut_work``, ``forward_passes``, ``backward_passes``, ``layer_work``).  docs/DESIGN.md shows
+how to add one.
 """
 from __future__ import annotations
 
