@@ -404,7 +404,7 @@ class Predicted(Delayed):
         def predict():
             with torch.no_grad():
                 for p, (m, v) in zip(params, moments):
-                    p - 1e-3 * (m / 0.1 / ((v / 1e-3).sqrt() + 1e-8))
+                    p - 1e-3 * (m / 0.1 / ((v / 1e-3).sqrt() + 1e-8))  # forward_weights' arithmetic, timed
             copy()
         return predict
 
