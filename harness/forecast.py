@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from models.devices import sync
 from models.training import make_optimizer
 from synthetic.balance import Costs, balanced_bounds, forward_states, lift_parameters, measure_costs
-from synthetic.rules import Delayed, Replay, delay, rule_class
+from synthetic.rules import delay, rule_class
 
 from . import simulate
 from .race import threads
@@ -236,7 +236,7 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
     stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra[(rule, m)])
     delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
     tl = simulate.decoupled_pipeline(stages, batches, delays, link, cls.receives_gradients)
-    return tl, stages, issubclass(cls, Delayed) and not issubclass(cls, Replay), delays
+    return tl, stages, cls.stashes, delays
 
 
 def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace=False,

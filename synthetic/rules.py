@@ -98,6 +98,7 @@ class Rule(abc.ABC):
     stats: ClassVar[tuple] = ()  # the per-cut statistics it adds (``stage.stats.add``), history keys
     forward_passes: ClassVar[int] = 1  # forward passes of the stage's layers per batch (the balancer's cost)
     backward_passes: ClassVar[int] = 1  # backward passes of the stage's layers per batch (the balancer's cost)
+    stashes: ClassVar[bool] = False  # its forward pass runs on a copy of the stage's weights, one per batch in flight
 
     def __init_subclass__(cls, **kwargs):
         """Every rule is a dataclass of its options, wherever its module is imported."""
@@ -141,8 +142,17 @@ class Rule(abc.ABC):
 
     def layer_work(self, params):
         """The balancer's cost of what the rule adds per batch for a layer's parameters
-        ``params`` besides its passes (a stash of them): a callable, or None for nothing."""
-        return None
+        ``params`` besides its passes: a callable, or None for nothing.  A rule that
+        ``stashes`` copies them into its stash once a batch."""
+        if not self.stashes:
+            return None
+        stash = [p.detach().clone() for p in params]
+
+        def copy():
+            with torch.no_grad():
+                for kept, p in zip(stash, params):
+                    kept.copy_(p)
+        return copy
 
     def options(self):
         """{option name: value}."""
@@ -281,6 +291,7 @@ class Delayed(Rule):
 
     name = "delayed"
     receives_gradients = True
+    stashes = True
 
     max_in_flight: int = option(0, IN_FLIGHT_HELP, at_least(0))
     shrink: float = option(1.0, "factor of the late gradient (FDG's shrinking; 1: none)", positive)
@@ -296,16 +307,6 @@ class Delayed(Rule):
     def forward_weights(self, stage):
         """The weights of the forward pass: the stage's own."""
         return self.names
-
-    def layer_work(self, params):
-        """Copying the layer's weights into a stash, once a batch."""
-        stash = [p.detach().clone() for p in params]
-
-        def copy():
-            with torch.no_grad():
-                for kept, p in zip(stash, params):
-                    kept.copy_(p)
-        return copy
 
     def forward(self, stage, inp, labels):
         with stage.prof("forward"):
@@ -422,11 +423,9 @@ class Replay(Delayed):
 
     name = "replay"
     receives_gradients = True
+    stashes = False  # it keeps inputs; its second forward pass is forward_passes
     kinds = ("replay",)
     forward_passes = 2
-
-    def layer_work(self, params):
-        return None  # no stash: it keeps inputs, and its second forward pass is forward_passes
 
     def forward(self, stage, inp, labels):
         with torch.no_grad():
