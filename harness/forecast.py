@@ -61,8 +61,17 @@ class Profile:
     param_bytes: list  # bytes of layer j's parameters
     first_param_bytes: int = 0
     last_param_bytes: int = 0
-    extra: dict = field(default_factory=dict)  # (rule, M) -> each stage's extra seconds at batch B
-    bounds: dict = field(default_factory=dict)  # (rule, M) -> the balanced cuts
+    costs: dict = field(default_factory=dict)  # rule -> its Costs (measure_costs), for its extra work
+    bounds: dict = field(default_factory=dict)  # (rule, M) -> the cuts: the balancer's, or a run's own
+
+    def extra(self, rule, m):
+        """Each stage's extra seconds for ``rule`` at its cuts on m devices (batch B): its
+        work at the stage's cut and its further passes; the last stage has no cut."""
+        costs, bounds = self.costs.get(rule), self.bounds.get((rule, m))
+        if costs is None or bounds is None:
+            return None
+        return [costs.cuts.get(b, 0.0) + sum(costs.layer_extra[a:b]) if s < m - 1 else 0.0
+                for s, (a, b) in enumerate(bounds)]
 
     @property
     def n_layers(self):
@@ -158,12 +167,10 @@ def profile_network(net, x, y, batch_sizes, repeats=5):
 
 
 def add_rule(profile, costs, rule, m):
-    """Cuts into m stages balanced on ``rule``'s ``costs`` (``measure_costs``), and each
-    stage's extra seconds for the rule (its work at the stage's cut, its further passes)."""
+    """``rule``'s ``costs`` (``measure_costs``) and its cuts into m stages balanced on them."""
     bounds = balanced_bounds(costs, m)
+    profile.costs[rule] = costs
     profile.bounds[(rule, m)] = bounds
-    profile.extra[(rule, m)] = [costs.cuts.get(b, 0.0) + sum(costs.layer_extra[a:b]) if s < m - 1 else 0.0
-                                for s, (a, b) in enumerate(bounds)]
     return bounds
 
 
@@ -231,9 +238,9 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
         mbs = microbatches_of(trainer, m, microbatches)
         stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs)
         return simulate.synchronous_pipeline(stages, batches, mbs, link, trainer), stages, False, None
-    rule = trainer.split("-", 1)[1]
+    rule = _rule_of(trainer)
     cls = rule_class(rule)
-    stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra[(rule, m)])
+    stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra(rule, m))
     delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
     tl = simulate.decoupled_pipeline(stages, batches, delays, link, cls.receives_gradients)
     return tl, stages, cls.stashes, delays
@@ -394,11 +401,17 @@ def check_forecast(cfg):
         check(cfg.N >= max(many), f"N ({cfg.N}) layers cannot be cut into {max(many)} stages (DEVICES)")
 
 
+def _rule_of(trainer):
+    """The rule whose cuts a staged trainer runs: pipeline-<rule>'s; the exact rule's
+    (backprop's) for gpipe and 1f1b; None for the others."""
+    if trainer.startswith("pipeline-"):
+        return trainer.split("-", 1)[1]
+    return "exact" if trainer in ("gpipe", "1f1b") else None
+
+
 def rules_of(names, devices):
     """(rule, M) pairs whose cuts and extra work the forecast needs."""
-    rules = {t.split("-", 1)[1] for t in names if t.startswith("pipeline-")}
-    if any(t in names for t in ("gpipe", "1f1b")):
-        rules.add("exact")
+    rules = {_rule_of(t) for t in names} - {None}
     return [(r, m) for r in sorted(rules) for m in devices if m > 1]
 
 
@@ -503,14 +516,17 @@ def validate(cfg, log=print, save=None):
             for t in names:
                 m = 1 if t == "bp-1t" else 2
                 with threads(1):
-                    curve, _, _ = run_trainer(t, race)
+                    curve, _, about = run_trainer(t, race)
                 measured = curve[-1]["seconds"]
+                if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
+                    profile.bounds[(_rule_of(t), m)] = [tuple(b) for b in about["bounds"]]
                 predicted = forecast(profile, t, m, batch=batch, batches=batches, link=link,
                                      microbatches=cfg.MICROBATCHES, host=share,
                                      max_in_flight=cfg.rule_options.get("max_in_flight", 0))["epoch_s"]
                 row = {"trainer": t, "devices": m, "workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
                        "measured_epoch_s": measured, "forecast_epoch_s": predicted,
-                       "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0}
+                       "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0,
+                       **({"bounds": about["bounds"]} if "bounds" in about else {})}
                 rows.append(row)
                 if save is not None:
                     save(rows)
@@ -541,8 +557,8 @@ def accuracy_curves(cfg, build_net, data, names, devices, log=print):
     backprop = curve("exact", 2)
     out = {}
     for t in names:
-        rule = t.split("-", 1)[1] if t.startswith("pipeline-") else "exact"
-        out[t] = {m: backprop if rule == "exact" or m == 1 else curve(rule, m) for m in devices}
+        rule = _rule_of(t)
+        out[t] = {m: backprop if rule in (None, "exact") or m == 1 else curve(rule, m) for m in devices}
     return out
 
 
@@ -598,11 +614,11 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=N
                 stages = stage_costs(profile, balanced_layers(profile, m), cfg.BATCH_SIZE // mbs)
                 kw = {"microbatches": mbs}
             else:
-                rule = t.split("-", 1)[1]
+                rule = _rule_of(t)
                 cls = rule_class(rule)
                 batch = cfg.BATCH_SIZE
                 bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
-                stages = stage_costs(profile, bounds, batch, profile.extra.get((rule, m)))
+                stages = stage_costs(profile, bounds, batch, profile.extra(rule, m))
                 kw = {"delays": [0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
                                  for s in range(m)], "receives": cls.receives_gradients}
             stages, k = scaled_stages(stages, min_sleep_s)

@@ -104,17 +104,17 @@ def _launch(race, worker, *args):
 
 def _about(out):
     """What a pipeline run tells of itself: its cuts and each stage's busy fraction."""
-    return {"layers_per_stage": layers_per_stage(out["bounds"]),
+    return {"bounds": [tuple(b) for b in out["bounds"]], "layers_per_stage": layers_per_stage(out["bounds"]),
             "busy_fraction": [p["busy_fraction"] for p in out["profiles"]]}
 
 
 def _peer(race, schedule):
     net = race.network()
+    bounds = tuple(_cuts(race, net, "exact"))
     cfg = PeerConfig(epochs=race.epochs, lr=race.lr, batch_size=race.batch_size, seed=race.seed, schedule=schedule,
-                     microbatches=race.microbatches, points_per_epoch=race.points_per_epoch,
-                     bounds=tuple(_cuts(race, net, "exact")))
+                     microbatches=race.microbatches, points_per_epoch=race.points_per_epoch, bounds=bounds)
     out = _launch(race, ddp_worker if schedule == "ddp" else pipeline_worker, net, race.data, cfg)
-    return [(net, out["points"])], {}
+    return [(net, out["points"])], {} if schedule == "ddp" else {"bounds": [tuple(b) for b in bounds]}
 
 
 def _cuts(race, net, rule, multiple=1):

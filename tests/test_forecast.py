@@ -70,6 +70,22 @@ def test_a_balanced_pipeline_forecast_is_a_quarter_of_backprop_on_four_free_devi
     assert [s.out_bytes for s in stages] == [4 * 64 * 64] * 2 and stages[0].forward == 4.0
 
 
+def test_a_rules_extra_work_follows_the_cuts_a_run_took():
+    """A stage's extra work is its rule's work at its own cut and its layers' further work:
+    given other cuts (those a measured run's balancer chose), the forecast follows them."""
+    t = LayerTimes([1.0] * 6, [2.0] * 6, [0.0] * 6)
+    profile = Profile({64: t}, [4 * 64] * 7, [1000] * 6)
+    add_rule(profile, Costs([3.0] * 6, cuts={2: 0.5, 3: 0.25, 4: 0.5}, layer_extra=[0.1] * 6), "local", 2)
+    assert profile.bounds[("local", 2)] == [(0, 3), (3, 6)]
+    assert profile.extra("local", 2) == pytest.approx([0.25 + 0.3, 0.0])  # the last stage has no cut
+    kw = {"batch": 64, "batches": 10, "link": LINKS["free"]}
+    even = forecast(profile, "pipeline-local", 2, **kw)["epoch_s"]
+    profile.bounds[("local", 2)] = [(0, 2), (2, 6)]
+    assert profile.extra("local", 2) == pytest.approx([0.5 + 0.2, 0.0])
+    assert forecast(profile, "pipeline-local", 2, **kw)["epoch_s"] > even  # 4 layers on the last stage
+    assert profile.extra("delayed", 2) is None  # a rule not profiled
+
+
 def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
     data = datasets.load("DIGITS")
     torch.manual_seed(0)
