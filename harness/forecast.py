@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from models.devices import sync
 from models.training import make_optimizer
-from synthetic.balance import Costs, balanced_bounds, forward_states, lift_parameters, measure_costs
+from synthetic.balance import Costs, balanced_bounds, forward_states, lift_parameters, measure_costs, time_pieces
 from synthetic.rules import delay, rule_class
 
 from . import simulate
@@ -39,17 +39,6 @@ from .race import threads
 from .simulate import LINKS, Link, StageCost
 
 FORECAST_TRAINERS = ("bp-1t", "bp-all", "ddp", "gpipe", "1f1b")  # and pipeline-<rule>
-
-
-@dataclass
-class LayerTimes:
-    """Seconds of each piece of the network at one batch size."""
-
-    forward: list  # layer j's forward pass
-    backward: list  # layer j's backward pass
-    step: list  # Adam's step over layer j's parameters
-    first: tuple = (0.0, 0.0, 0.0)  # the opening layer: forward, backward, step
-    last: tuple = (0.0, 0.0, 0.0)  # classifier and loss
 
 
 @dataclass
@@ -110,52 +99,15 @@ def time_step(net, x, y, steps=10, min_s=2.0):
 
 
 def time_layers(net, x, y, repeats=5):
-    """LayerTimes of ``net`` on batch (x, y).  Each piece is timed alone (the median over
-    ``repeats`` rounds after one unmeasured, every piece once a round, so that a drift of
-    the machine's speed falls on all of them alike); those times give each piece's share,
-    and the whole network's step (``time_step``) their sum: a piece's forward time is its
-    share of the whole forward pass, and so on.  Pieces timed one by one pay per-call
-    costs that a whole step does not, and a few milliseconds of each are noisier than
-    their sum."""
-    net = copy.deepcopy(net).to(x.device).train()
-    n = net.n_layers
-    states = forward_states(net, x)
-    groups = [net.layer_parameters(j, j + 1) for j in range(n)] + [lift_parameters(net),
-                                                                    list(net.classifier.parameters())]
-    optimizers = [make_optimizer("adam", g, 1e-9) if g else None for g in groups]
-
-    def clock(fn):
-        return _clock(fn, x.device)
-
-    def one_round():
-        f, b, s = [], [], []
-        for j in range(n + 2):
-            if j < n:
-                inp = tuple(t.detach().requires_grad_() for t in states[j])
-                tf, out = clock(lambda: net.step(j, inp))
-                tb, _ = clock(lambda: torch.autograd.backward(out, [torch.ones_like(t) for t in out]))
-            elif j == n:
-                tf, out = clock(lambda: [t for t in net.initial_state(x) if t.requires_grad])
-                tb, _ = clock(lambda: torch.autograd.backward(out, [torch.ones_like(t) for t in out]) if out else None)
-            else:
-                inp = tuple(t.detach().requires_grad_() for t in states[-1])
-                tf, loss = clock(lambda: F.cross_entropy(net.classify(inp), y))
-                tb, _ = clock(loss.backward)
-            opt = optimizers[j]
-            ts = clock(opt.step)[0] if opt is not None and any(p.grad is not None for p in groups[j]) else 0.0
-            if opt is not None:
-                opt.zero_grad(set_to_none=True)
-            f.append(tf)
-            b.append(tb)
-            s.append(ts)
-        return f, b, s
-
-    one_round()
-    rounds = [one_round() for _ in range(repeats)]
-    med = [[statistics.median(r[k][j] for r in rounds) for j in range(n + 2)] for k in range(3)]
-    whole = time_step(net, x, y)
-    med = [[t * total / sum(pieces) if sum(pieces) else t for t in pieces] for pieces, total in zip(med, whole)]
-    return LayerTimes(med[0][:n], med[1][:n], med[2][:n], tuple(m[n] for m in med), tuple(m[n + 1] for m in med))
+    """LayerTimes of ``net`` on batch (x, y).  Each piece is timed alone
+    (``synthetic.balance.time_pieces``: the median over ``repeats`` rounds, every piece
+    once a round, so that a drift of the machine's speed falls on all of them alike, as
+    the balancer times them); those times give each piece's share, and the whole
+    network's step (``time_step``) their sum: a piece's forward time is its share of the
+    whole forward pass, and so on.  Pieces timed one by one pay per-call costs that a
+    whole step does not, and a few milliseconds of each are noisier than their sum."""
+    pieces = time_pieces(copy.deepcopy(net).to(x.device).train(), x, y, repeats)
+    return pieces.scaled(time_step(net, x, y))
 
 
 def profile_network(net, x, y, batch_sizes, repeats=5):

@@ -97,18 +97,57 @@ def _timed(pieces, repeats, device):
     """Median seconds of each piece's call over ``repeats`` rounds, after two unmeasured
     ones.  The pieces take turns within every round, so that a drift of the machine's
     speed (warm-up, clock changes, a neighbour) falls on all of them alike and does not
-    make the layers timed first look dearer than the identical layers timed last."""
+    make the layers timed first look dearer than the identical layers timed last.  A
+    piece given as a tuple of calls (a layer's forward pass, its backward pass, its step)
+    runs them in turn and gets a tuple of their medians."""
+    runs = [p if isinstance(p, tuple) else (p,) for p in pieces]
     for _ in range(2):
-        for fn in pieces:
-            fn()
-    times = [[] for _ in pieces]
+        for calls in runs:
+            for fn in calls:
+                fn()
+    times = [[[] for _ in calls] for calls in runs]
     for _ in range(repeats):
-        for fn, own in zip(pieces, times):
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            own.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+        for calls, own in zip(runs, times):
+            for fn, t in zip(calls, own):
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                t.append(time.perf_counter() - t0)
+    medians = [tuple(statistics.median(t) for t in own) for own in times]
+    return [m if isinstance(p, tuple) else m[0] for p, m in zip(pieces, medians)]
+
+
+@dataclass
+class LayerTimes:
+    """Seconds of each piece of a network at one batch size."""
+
+    forward: list  # layer j's forward pass
+    backward: list  # layer j's backward pass
+    step: list  # Adam's step over layer j's parameters
+    first: tuple = (0.0, 0.0, 0.0)  # the opening layer: forward, backward, step
+    last: tuple = (0.0, 0.0, 0.0)  # classifier and loss
+
+    @classmethod
+    def of(cls, medians):
+        """From ``_timed``'s medians of ``piece_calls``: n layers, the opening layer, the classifier."""
+        n = len(medians) - 2
+        return cls(*([m[k] for m in medians[:n]] for k in range(3)), medians[n], medians[n + 1])
+
+    def whole(self, j):
+        """Piece j's forward + backward + step (n: the opening layer, n + 1: the classifier)."""
+        n = len(self.forward)
+        return sum(self.first if j == n else self.last if j == n + 1 else
+                   (self.forward[j], self.backward[j], self.step[j]))
+
+    def scaled(self, totals):
+        """Every kind (forward, backward, step) scaled so that its pieces sum to ``totals``'
+        (a whole network's step, ``time_step``): each piece keeps its share."""
+        n = len(self.forward)
+        kinds = [[*own, end[k], last[k]] for k, (own, end, last) in
+                 enumerate(zip((self.forward, self.backward, self.step), (self.first,) * 3, (self.last,) * 3))]
+        kinds = [[t * total / sum(ts) if sum(ts) else t for t in ts] for ts, total in zip(kinds, totals)]
+        return LayerTimes(kinds[0][:n], kinds[1][:n], kinds[2][:n], tuple(k[n] for k in kinds),
+                          tuple(k[n + 1] for k in kinds))
 
 
 def forward_states(net, x):
@@ -126,20 +165,63 @@ def lift_parameters(net):
     return list(net.lift.parameters()) if net.lift is not None else []
 
 
+def piece_calls(net, x, y, states=None):
+    """Each piece of ``net`` on batch (x, y) as its (forward pass, backward pass, Adam's
+    step) calls, for ``_timed``: layers 0 .. n - 1, the opening layer, the classifier with
+    the loss (``states``: ``forward_states(net, x)``, when the caller has them).  ``net``
+    itself runs (its parameters step at a negligible rate): give a copy."""
+    n = net.n_layers
+    states = forward_states(net, x) if states is None else states
+    groups = [net.layer_parameters(j, j + 1) for j in range(n)] + [lift_parameters(net),
+                                                                    list(net.classifier.parameters())]
+
+    def calls(j):
+        opt = make_optimizer("adam", groups[j], 1e-9) if groups[j] else None
+        held = []
+
+        def forward():
+            if j == n:  # a dense lift is a padding: nothing to backpropagate
+                held.append([t for t in net.initial_state(x) if t.requires_grad])
+                return
+            inp = tuple(t.detach().requires_grad_() for t in states[-1 if j > n else j])
+            held.append([F.cross_entropy(net.classify(inp), y)] if j > n else list(net.step(j, inp)))
+
+        def backward():
+            out = held.pop()
+            if out:
+                torch.autograd.backward(out, [torch.ones_like(t) for t in out])
+
+        def step():
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return forward, backward, step
+    return [calls(j) for j in range(n + 2)]
+
+
+def time_pieces(net, x, y, repeats=5):
+    """LayerTimes of ``net``'s pieces (``piece_calls``) on (x, y): medians over ``repeats``
+    rounds (``_timed``).  ``net`` itself runs: give a copy."""
+    return LayerTimes.of(_timed(piece_calls(net, x, y), repeats, x.device))
+
+
 def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
     """Time every piece of ``net`` on one batch (x, y) where it lies (its device, this
     process's threads), each with its optimiser step (Adam): each layer's forward and
-    backward pass, the opening layer, the classifier and loss, and what ``rule`` (a Rule
-    or a registered name) adds: its work at each cut position in ``cuts`` (default all;
-    ``Rule.cut_work``, with a module of ``sg_kind``; pieces of one state shape are timed
-    once), and each layer's further work (``Costs.layer_extra``): its further passes
-    (``Rule.forward_passes``; a further backward pass, ``Rule.backward_passes``, is timed
-    as the layer's forward and backward pass) and ``Rule.layer_work`` (a stash).  A
-    copy of ``net``, on the batch's device, is timed; ``net`` is left as it was."""
+    backward pass, the opening layer, the classifier and loss (``piece_calls``), and what
+    ``rule`` (a Rule or a registered name) adds: its work at each cut position in ``cuts``
+    (default all; ``Rule.cut_work``, with a module of ``sg_kind``; pieces of one state
+    shape are timed once), and each layer's further work (``Costs.layer_extra``): its
+    further passes (``Rule.forward_passes``; a further backward pass,
+    ``Rule.backward_passes``, is timed as the layer's forward and backward pass) and
+    ``Rule.layer_work`` (a stash).  All in the same rounds (``_timed``).  A copy of
+    ``net``, on the batch's device, is timed; ``net`` is left as it was."""
     rule = make_rule(rule) if isinstance(rule, str) else rule
     net = copy.deepcopy(net).to(x.device).train()
     cuts = list(range(1, net.n_layers) if cuts is None else cuts)
     states = forward_states(net, x)
+    n = net.n_layers
+    pieces = piece_calls(net, x, y, states)
 
     def stepped(work, params):
         opt = make_optimizer("adam", params, 1e-6) if params else None
@@ -151,33 +233,20 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
                 opt.zero_grad(set_to_none=True)
         return run
 
-    def layer(j):
-        inp = tuple(t.detach().requires_grad_() for t in states[j])
-        out = net.step(j, inp)
-        torch.autograd.backward(out, [torch.ones_like(t) for t in out])
+    def passes(j):
+        forward, backward, _ = pieces[j]
+        forward()
+        backward()
 
     def forward_again(j):
         net.step(j, tuple(t.detach() for t in states[j]))
 
-    def first():
-        out = [t for t in net.initial_state(x) if t.requires_grad]  # a dense lift is a padding
-        if out:
-            torch.autograd.backward(out, [torch.ones_like(t) for t in out])
-
-    def last():
-        inp = tuple(t.detach().requires_grad_() for t in states[-1])
-        F.cross_entropy(net.classify(inp), y).backward()
-
-    lift = lift_parameters(net)
-    n = net.n_layers
-    pieces = [stepped(lambda j=j: layer(j), net.layer_parameters(j, j + 1)) for j in range(n)]
-    pieces += [stepped(first, lift), stepped(last, list(net.classifier.parameters()))]
     forwards, backwards = rule.forward_passes - 1, rule.backward_passes - 1
     own = [rule.layer_work(net.layer_parameters(j, j + 1)) for j in range(n)]
     extra = forwards or backwards or any(w is not None for w in own)
     if extra:
         pieces += [stepped(lambda j=j: ([forward_again(j) for _ in range(forwards)],
-                                        [layer(j) for _ in range(backwards)],
+                                        [passes(j) for _ in range(backwards)],
                                         own[j] is not None and own[j]()), []) for j in range(n)]
     shapes = {}  # state shape at a cut -> its piece's index (pieces of one shape are timed once)
     for b in cuts:
@@ -188,9 +257,10 @@ def measure_costs(net, x, y, *, rule, sg_kind="linear", cuts=None, repeats=5):
             if work is not None:
                 pieces.append(stepped(*work))
     t = _timed(pieces, repeats, x.device)
+    layers = LayerTimes.of(t[:n + 2])
     at_cut = {b: shapes[net.state_shape_at(b)] for b in cuts}
-    return Costs(t[:n], t[n], t[n + 1], {b: t[k] for b, k in at_cut.items() if k is not None},
-                 t[n + 2:2 * n + 2] if extra else [])
+    return Costs([layers.whole(j) for j in range(n)], layers.whole(n), layers.whole(n + 1),
+                 {b: t[k] for b, k in at_cut.items() if k is not None}, t[n + 2:2 * n + 2] if extra else [])
 
 
 def choose_bounds(net, x, y, parts, *, rule, mode="cost", sg_kind="linear", threads=1, multiple=1,

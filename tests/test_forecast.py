@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import datasets
-from harness.forecast import LayerTimes, Profile, add_rule, forecast, profile_network, stage_costs
+from harness.forecast import Profile, add_rule, forecast, profile_network, stage_costs
 from harness.simulate import LINKS, StageCost
 from models import build_model
-from synthetic.balance import Costs
+from synthetic.balance import Costs, LayerTimes
 from tests.helpers import refused, run_main
 
 torch.set_num_threads(1)

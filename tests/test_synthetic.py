@@ -17,7 +17,7 @@ from harness.launch import free_port, launch
 from models import build_model
 from models.training import evaluate, fit
 from synthetic import ComplexNet, PipelineConfig, SyntheticGradient, train_serial
-from synthetic.balance import Costs, _timed, balanced_bounds, choose_bounds, measure_costs
+from synthetic.balance import Costs, LayerTimes, _timed, balanced_bounds, choose_bounds, measure_costs
 from synthetic.distributed import stage_worker
 from synthetic.peers import PeerConfig, ddp_worker, pipeline_worker
 from tests.helpers import (
@@ -193,6 +193,19 @@ def test_the_pieces_are_timed_in_turns_so_a_drift_falls_on_all_alike():
     assert calls == [0, 1, 2] * 6  # two unmeasured rounds, then four measured ones, each piece once per round
     for m, wait in zip(medians, waits):  # each piece's own known wait, not its neighbours'
         assert wait <= m < wait + 0.015
+
+
+def test_a_piece_of_several_calls_gets_each_calls_median_and_a_whole_step_scales_the_shares():
+    import time
+
+    calls = []
+    pieces = [lambda: calls.append("a"), (lambda: calls.append("f"), lambda: (calls.append("b"), time.sleep(0.02)))]
+    single, (forward, backward) = _timed(pieces, 3, torch.device("cpu"))
+    assert calls == ["a", "f", "b"] * 5 and single < 0.01 and forward < 0.01 and 0.02 <= backward < 0.035
+    t = LayerTimes([1.0, 3.0], [2.0, 2.0], [0.0, 0.0], first=(0.0, 0.0, 0.0), last=(4.0, 4.0, 1.0))
+    assert t.whole(1) == 5.0 and t.whole(3) == 9.0
+    s = t.scaled((16.0, 4.0, 2.0))  # forward 8 -> 16, backward 8 -> 4, step 1 -> 2
+    assert s.forward == [2.0, 6.0] and s.backward == [1.0, 1.0] and s.last == (8.0, 2.0, 2.0)
 
 
 def test_a_cost_balanced_complex_network_with_true_gradients_equals_backprop():
