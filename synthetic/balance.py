@@ -143,8 +143,7 @@ class LayerTimes:
         """Every kind (forward, backward, step) scaled so that its pieces sum to ``totals``'
         (a whole network's step, ``time_step``): each piece keeps its share."""
         n = len(self.forward)
-        kinds = [[*own, end[k], last[k]] for k, (own, end, last) in
-                 enumerate(zip((self.forward, self.backward, self.step), (self.first,) * 3, (self.last,) * 3))]
+        kinds = [[*own, self.first[k], self.last[k]] for k, own in enumerate((self.forward, self.backward, self.step))]
         kinds = [[t * total / sum(ts) if sum(ts) else t for t in ts] for ts, total in zip(kinds, totals)]
         return LayerTimes(kinds[0][:n], kinds[1][:n], kinds[2][:n], tuple(k[n] for k in kinds),
                           tuple(k[n + 1] for k in kinds))
