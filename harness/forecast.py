@@ -59,8 +59,7 @@ class Profile:
         costs, bounds = self.costs.get(rule), self.bounds.get((rule, m))
         if costs is None or bounds is None:
             return None
-        return [costs.cuts.get(b, 0.0) + sum(costs.layer_extra[a:b]) if s < m - 1 else 0.0
-                for s, (a, b) in enumerate(bounds)]
+        return [costs.extra(s, a, b, m) for s, (a, b) in enumerate(bounds)]
 
     @property
     def n_layers(self):
@@ -471,7 +470,7 @@ def validate(cfg, log=print, save=None):
                     curve, _, about = run_trainer(t, race)
                 measured = curve[-1]["seconds"]
                 if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
-                    profile.bounds[(_rule_of(t), m)] = [tuple(b) for b in about["bounds"]]
+                    profile.bounds[(_rule_of(t), m)] = about["bounds"]
                 predicted = forecast(profile, t, m, batch=batch, batches=batches, link=link,
                                      microbatches=cfg.MICROBATCHES, host=share,
                                      max_in_flight=cfg.rule_options.get("max_in_flight", 0))["epoch_s"]

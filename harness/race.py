@@ -114,7 +114,7 @@ def _peer(race, schedule):
     cfg = PeerConfig(epochs=race.epochs, lr=race.lr, batch_size=race.batch_size, seed=race.seed, schedule=schedule,
                      microbatches=race.microbatches, points_per_epoch=race.points_per_epoch, bounds=bounds)
     out = _launch(race, ddp_worker if schedule == "ddp" else pipeline_worker, net, race.data, cfg)
-    return [(net, out["points"])], {} if schedule == "ddp" else {"bounds": [tuple(b) for b in bounds]}
+    return [(net, out["points"])], {} if schedule == "ddp" else {"bounds": list(bounds)}
 
 
 def _cuts(race, net, rule, multiple=1):

@@ -45,14 +45,17 @@ class Costs:
 
     def stage(self, i, a, b, parts):
         """Stage i of ``parts`` running layers [a, b)."""
-        cost = sum(self.layers[a:b])
+        cost = sum(self.layers[a:b]) + self.extra(i, a, b, parts)
         if i == 0:
             cost += self.first
         if i == parts - 1:
             cost += self.last
-        else:
-            cost += self.cuts.get(b, 0.0) + sum(self.layer_extra[a:b])
         return cost
+
+    def extra(self, i, a, b, parts):
+        """What the rule adds to stage i of ``parts`` running layers [a, b): its work at the
+        stage's cut and its layers' further work; nothing on the last stage (no cut, no rule)."""
+        return 0.0 if i == parts - 1 else self.cuts.get(b, 0.0) + sum(self.layer_extra[a:b])
 
     def stages(self, bounds):
         return [self.stage(i, a, b, len(bounds)) for i, (a, b) in enumerate(bounds)]
