@@ -230,6 +230,7 @@ class ForecastRun(NetworkFields, RunConfig):
     VALIDATE_SAMPLES: int = 4096
     VALIDATE_PARTS: str = "real,sleep"
     REPEATS: int = 5
+    SCHEDULE_OVERHEAD: bool = True
     EPOCHS: int = 0
     LEARN_RATE: float = 1e-3
     TARGET_POINTS: float = 0.5

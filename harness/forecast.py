@@ -4,7 +4,12 @@ The profile (``profile_network``) times, on this process's device and threads, e
 layer's forward and backward pass and its optimiser step (Adam), the opening layer and
 the classifier with its loss, at every batch size a trainer runs (B; B / MICROBATCHES for
 GPipe and 1F1B; B / M for DDP), and counts the bytes of each cut's state and each layer's
-parameters.  A rule's extra work at a stage is what the balancer measures for it
+parameters; for GPipe and 1F1B at each micro-batch size, a backward pass into gradients
+that already hold earlier micro-batches' against one into fresh ones, and the division
+of the gradients that torch's schedules make after the last (``Microbatching``); and,
+with SCHEDULE_OVERHEAD, each schedule's own host work per forward or backward operation
+(``measure_overheads``: two processes whose stages do nothing, over gloo), added to
+every operation it runs.  A rule's extra work at a stage is what the balancer measures for it
 (``synthetic.balance.measure_costs``: its module or head at the cut, its further
 passes).  Cuts are the balancer's
 (``balanced_bounds``) on the rule's costs.
@@ -37,6 +42,7 @@ from synthetic.rules import delay, rule_class
 from . import simulate
 from .race import threads
 from .simulate import LINKS, Link, StageCost
+from .sleep_workload import with_overhead
 
 FORECAST_TRAINERS = ("bp-1t", "bp-all", "ddp", "gpipe", "1f1b")  # and pipeline-<rule>
 
@@ -52,6 +58,8 @@ class Profile:
     last_param_bytes: int = 0
     costs: dict = field(default_factory=dict)  # rule -> its Costs (measure_costs), for its extra work
     bounds: dict = field(default_factory=dict)  # (rule, M) -> the cuts: the balancer's, or a run's own
+    microbatch: dict = field(default_factory=dict)  # micro-batch size -> Microbatching (GPipe, 1F1B)
+    overhead: dict = field(default_factory=dict)  # schedule (gpipe, 1f1b, pipeline) -> its seconds an operation
 
     def extra(self, rule, m):
         """Each stage's extra seconds for ``rule`` at its cuts on m devices (batch B): its
@@ -64,6 +72,22 @@ class Profile:
     @property
     def n_layers(self):
         return len(self.param_bytes)
+
+    @property
+    def total_param_bytes(self):
+        return sum(self.param_bytes) + self.first_param_bytes + self.last_param_bytes
+
+
+@dataclass(frozen=True)
+class Microbatching:
+    """What torch's GPipe and 1F1B pay for cutting a batch into micro-batches, beyond the
+    backprop of each: a micro-batch's backward pass into gradients that already hold the
+    earlier ones' (``accumulate``, against one into fresh gradients), and the division of
+    every gradient by the micro-batch count after the last backward pass
+    (``PipelineStage.scale_grads``; ``scale_s`` for the whole network's gradients)."""
+
+    accumulate: float = 1.0
+    scale_s: float = 0.0
 
 
 def _nbytes(tensors):
@@ -109,12 +133,34 @@ def time_layers(net, x, y, repeats=5):
     return pieces.scaled(time_step(net, x, y))
 
 
-def profile_network(net, x, y, batch_sizes, repeats=5):
-    """The Profile of ``net``, timed at each of ``batch_sizes`` on the first samples of (x, y)."""
+def time_microbatching(net, x, y, min_s=1.0):
+    """``Microbatching`` of ``net`` at micro-batch (x, y): in each round a backward pass
+    into fresh gradients, a second into the gradients it left, and the division of them
+    all (torch's ``scale_grads``), each the mean over at least ``min_s`` seconds of rounds
+    after one unmeasured."""
+    net = copy.deepcopy(net).to(x.device).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    rows, spent = [], 0.0
+    while len(rows) < 6 or spent < min_s:
+        for p in params:
+            p.grad = None
+        fresh, _ = _clock(F.cross_entropy(net(x), y).backward, x.device)
+        held, _ = _clock(F.cross_entropy(net(x), y).backward, x.device)
+        scale, _ = _clock(lambda: [p.grad.div_(2) for p in params], x.device)
+        rows.append((fresh, held, scale))
+        spent += fresh + held + scale if len(rows) > 1 else 0.0
+    fresh, held, scale = (statistics.fmean(r[k] for r in rows[1:]) for k in range(3))
+    return Microbatching(held / fresh, scale)
+
+
+def profile_network(net, x, y, batch_sizes, repeats=5, microbatch_sizes=()):
+    """The Profile of ``net``, timed at each of ``batch_sizes`` on the first samples of (x,
+    y), and its ``Microbatching`` at each of ``microbatch_sizes``."""
     times = {b: time_layers(net, x[:b], y[:b], repeats) for b in sorted(set(batch_sizes))}
     return Profile(times, [_nbytes(s) for s in forward_states(net, x[:1])],
                    [_nbytes(net.layer_parameters(j, j + 1)) for j in range(net.n_layers)],
-                   _nbytes(lift_parameters(net)), _nbytes(list(net.classifier.parameters())))
+                   _nbytes(lift_parameters(net)), _nbytes(list(net.classifier.parameters())),
+                   microbatch={b: time_microbatching(net, x[:b], y[:b]) for b in sorted(set(microbatch_sizes))})
 
 
 def add_rule(profile, costs, rule, m):
@@ -125,9 +171,13 @@ def add_rule(profile, costs, rule, m):
     return bounds
 
 
-def stage_costs(profile, bounds, batch, extra=None):
-    """StageCost of each stage of ``bounds`` at ``batch`` samples."""
+def stage_costs(profile, bounds, batch, extra=None, microbatches=1):
+    """StageCost of each stage of ``bounds`` at ``batch`` samples; with ``microbatches`` > 1
+    (GPipe, 1F1B: ``batch`` is a micro-batch) each backward pass is the mean of the first
+    into fresh gradients and the others into held ones, and each step divides the
+    stage's gradients first (``Microbatching``)."""
     t = profile.times[batch]
+    mb = profile.microbatch.get(batch, Microbatching()) if microbatches > 1 else Microbatching()
     out = []
     for s, (a, b) in enumerate(bounds):
         fwd, bwd, step = sum(t.forward[a:b]), sum(t.backward[a:b]), sum(t.step[a:b])
@@ -138,6 +188,8 @@ def stage_costs(profile, bounds, batch, extra=None):
         if s == len(bounds) - 1:
             fwd, bwd, step, params = fwd + t.last[0], bwd + t.last[1], step + t.last[2], \
                 params + profile.last_param_bytes
+        bwd *= (1 + (microbatches - 1) * mb.accumulate) / microbatches
+        step += mb.scale_s * params / profile.total_param_bytes
         out.append(StageCost(forward=fwd, backward=bwd, step=step, extra=(extra or [0.0] * len(bounds))[s],
                              out_bytes=profile.state_bytes[b] * batch,
                              param_bytes=params, activation_bytes=sum(profile.state_bytes[a:b]) * batch))
@@ -187,13 +239,16 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
         return simulate.ddp(layers, batches, m, link, host_comm=host_comm), [whole] * m, False, None
     if trainer in ("gpipe", "1f1b"):
         mbs = microbatches_of(trainer, m, microbatches)
-        stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs)
-        return simulate.synchronous_pipeline(stages, batches, mbs, link, trainer), stages, False, None
+        stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs, microbatches=mbs)
+        tl = simulate.synchronous_pipeline(with_overhead(stages, profile.overhead.get(trainer, 0.0)), batches, mbs,
+                                           link, trainer)
+        return tl, stages, False, None
     rule = _rule_of(trainer)
     cls = rule_class(rule)
     stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra(rule, m))
     delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
-    tl = simulate.decoupled_pipeline(stages, batches, delays, link, cls.receives_gradients)
+    tl = simulate.decoupled_pipeline(with_overhead(stages, profile.overhead.get("pipeline", 0.0)), batches, delays,
+                                     link, cls.receives_gradients)
     return tl, stages, cls.stashes, delays
 
 
@@ -372,15 +427,66 @@ def batch_sizes(names, batch, devices, microbatches):
 
 def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
     t0 = time.perf_counter()
-    profile = profile_network(net, x, y, batch_sizes(names, len(y), devices, microbatches), repeats)
+    micro = batch_sizes([t for t in names if t in ("gpipe", "1f1b")], len(y), [m for m in devices if m > 1],
+                        microbatches)
+    profile = profile_network(net, x, y, batch_sizes(names, len(y), devices, microbatches), repeats, micro)
     costs = {}
     for rule, m in rules_of(names, devices):
         if rule not in costs:
             costs[rule] = measure_costs(net, x, y, rule=rule, repeats=repeats)
         add_rule(profile, costs[rule], rule, m)
     log(f"profile: {profile.n_layers} layers at batch sizes {sorted(profile.times)}, "
-        f"{len(profile.bounds)} cuts, {time.perf_counter() - t0:.1f} s")
+        f"{len(profile.bounds)} cuts, {time.perf_counter() - t0:.1f} s" + "".join(
+            f"; micro-batches of {b}: a backward into held gradients {mb.accumulate:.2f}x one into fresh, "
+            f"scaling them {1e3 * mb.scale_s:.1f} ms" for b, mb in profile.microbatch.items()))
     return profile
+
+
+def schedules_of(names):
+    """The schedules of ``names`` whose own work a forecast adds (``measure_overheads``)."""
+    return sorted({t if t in ("gpipe", "1f1b") else "pipeline" for t in names
+                   if t in ("gpipe", "1f1b") or t.startswith("pipeline-")})
+
+
+def overhead_for(schedule, stages, batches, link, measured, **kw):
+    """The seconds o that, added to every forward and backward of ``schedule`` over
+    ``stages`` (``sleep_timeline``), make ``batches`` batches take ``measured`` seconds
+    (bisection: the span grows with o; 0 when even o = 0 takes longer)."""
+    from .sleep_workload import sleep_timeline
+
+    def span(o):
+        return sleep_timeline(schedule, with_overhead(stages, o), batches, link, **kw).run().makespan
+
+    lo, hi = 0.0, measured
+    for _ in range(40 if span(0.0) < measured else 0):
+        lo, hi = ((lo + hi) / 2, hi) if span((lo + hi) / 2) < measured else (lo, (lo + hi) / 2)
+    return lo
+
+
+def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, log=print):
+    """{schedule: seconds of its own work per forward or backward operation} for each
+    schedule of ``names`` (torch's ScheduleGPipe and Schedule1F1B, our pipeline): its
+    sleep workload (``harness.sleep_workload``) on 2 processes whose stages do nothing,
+    sending the profile's states at an even cut over ``link``'s transport (gloo here)
+    for ``batches`` batches of ``batch``, and the seconds o that make the simulated
+    schedule, every forward and backward o long, take as long (bisection).  That is the
+    host's work of splitting, queueing, receiving and bookkeeping that a profile of the
+    layers does not hold."""
+    from .sleep_workload import run_sleep
+
+    cut = profile.n_layers // 2
+    out = {}
+    for schedule in schedules_of(names):
+        mbs = microbatches_of(schedule, 2, microbatches)
+        kw = {"microbatches": mbs} if schedule in ("gpipe", "1f1b") else \
+            {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}
+        size = batch // mbs if schedule in ("gpipe", "1f1b") else batch
+        idle = [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * size), StageCost(0.0, 0.0)]
+        measured, _ = run_sleep(schedule, idle, batches, batch, link, **kw)
+        out[schedule] = overhead_for(schedule, idle, batches, link, measured, **kw)
+    if out:
+        log("each schedule's own work an operation: " + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in out.items()))
+    return out
 
 
 def sharing_worker(ctx, net, x, y, rounds):
@@ -443,9 +549,10 @@ def validate(cfg, log=print, save=None):
     from .race import Race, run_trainer
 
     names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
+    in_flight = cfg.rule_options.get("max_in_flight", 0)
     link, _ = measure_link()
     log(f"link: {link.name}")
-    rows = []
+    rows, overheads = [], None
     for choice, conv in VALIDATION_NETS:
         n = min(cfg.N, 6) if conv else cfg.N
         vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES, DEVICES="1,2")
@@ -457,6 +564,10 @@ def validate(cfg, log=print, save=None):
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
+            if overheads is None:  # the schedules' own work: once, at the first workload's messages
+                overheads = measure_overheads(profile, names, link, batch, cfg.MICROBATCHES, in_flight, log=log) \
+                    if cfg.SCHEDULE_OVERHEAD else {}
+            profile.overhead = overheads
             share = sharing_factor(net, x, y, 2)
             log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
@@ -472,8 +583,7 @@ def validate(cfg, log=print, save=None):
                 if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
                     profile.bounds[(_rule_of(t), m)] = about["bounds"]
                 predicted = forecast(profile, t, m, batch=batch, batches=batches, link=link,
-                                     microbatches=cfg.MICROBATCHES, host=share,
-                                     max_in_flight=cfg.rule_options.get("max_in_flight", 0))["epoch_s"]
+                                     microbatches=cfg.MICROBATCHES, host=share, max_in_flight=in_flight)["epoch_s"]
                 row = {"trainer": t, "devices": m, "workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
                        "measured_epoch_s": measured, "forecast_epoch_s": predicted,
                        "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0,
@@ -573,7 +683,9 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=N
                 kw = {"delays": [0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
                                  for s in range(m)], "receives": cls.receives_gradients}
             stages, k = scaled_stages(stages, min_sleep_s)
-            measured, predicted = run_sleep(t, stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, link, **kw)
+            overhead = profile.overhead.get(t if t in ("gpipe", "1f1b") else "pipeline", 0.0)
+            measured, predicted = run_sleep(t, stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, link, **kw,
+                                            overhead=overhead)
             row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": measured,
                    "forecast_epoch_s": predicted, "error": predicted / measured - 1}
             rows.append(row)
@@ -660,6 +772,9 @@ def forecast_main(cfg):
                            cfg.REPEATS)
     links = [_link(text, o.device) for text in (cfg.LINK, cfg.OTHER_LINK) if text]
     in_flight = cfg.rule_options.get("max_in_flight", 0)
+    if cfg.SCHEDULE_OVERHEAD:  # measured over this machine's transport, whatever link is forecast
+        here = links[0] if cfg.LINK == "measured" else measure_link()[0]
+        profile.overhead = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
     kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight}
     tables = {}
     for link in links:

@@ -18,6 +18,7 @@ are not modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -149,18 +150,33 @@ def scaled_stages(stages, min_sleep_s):
                                c.activation_bytes) for c in stages], k
 
 
-def run_sleep(trainer, stages, batches, batch, link, *, microbatches=4, delays=None, receives=True):
+def with_overhead(stages, overhead):
+    """``stages`` with ``overhead`` seconds added to every forward and backward operation:
+    a schedule's own work per operation on the host (``harness.forecast.measure_overheads``)."""
+    return [replace(c, forward=c.forward + overhead, backward=c.backward + overhead) for c in stages] \
+        if overhead else stages
+
+
+def sleep_timeline(trainer, stages, batches, link, *, microbatches=4, delays=None, receives=True):
+    """The simulated Timeline (not yet run) of ``trainer``'s schedule over ``stages``."""
+    if trainer in ("gpipe", "1f1b"):
+        return simulate.synchronous_pipeline(stages, batches, microbatches, link, trainer)
+    return simulate.decoupled_pipeline(stages, batches, delays, link, receives)
+
+
+def run_sleep(trainer, stages, batches, batch, link, *, microbatches=4, delays=None, receives=True, overhead=0.0):
     """(measured seconds, forecast seconds) of the sleep workload of ``trainer`` (gpipe,
-    1f1b, or a pipeline with ``delays``) over len(stages) processes."""
+    1f1b, or a pipeline with ``delays``) over len(stages) processes; the forecast with
+    ``overhead`` seconds of the schedule's own work per forward and backward operation."""
     from .launch import launch
 
     m = len(stages)
     if trainer in ("gpipe", "1f1b"):
         measured = launch(peer_sleep_worker, m, (stages, batches, batch, microbatches, trainer), threads=1,
                           device="cpu", timeout_s=600)
-        tl = simulate.synchronous_pipeline(stages, batches, microbatches, link, trainer)
     else:
         measured = launch(pipeline_sleep_worker, m, (stages, batches, batch, delays, receives), threads=1,
                           device="cpu", timeout_s=600)
-        tl = simulate.decoupled_pipeline(stages, batches, delays, link, receives)
+    tl = sleep_timeline(trainer, with_overhead(stages, overhead), batches, link, microbatches=microbatches,
+                        delays=delays, receives=receives)
     return measured, tl.run().makespan

@@ -1,8 +1,10 @@
 """Each trainer's seconds per epoch on M devices, forecast from a profile taken here.
 
 Times every layer's forward and backward pass and optimiser step on DEVICE at each batch
-size a trainer runs, each rule's extra work, the messages' sizes and the link (LINK: a
-named preset, "GBPS,LATENCY_US", or "measured" over this machine's transport), then
+size a trainer runs, each rule's extra work, what GPipe and 1F1B pay for micro-batches
+(backward passes into held gradients, the gradients' scaling), the messages' sizes, the
+link (LINK: a named preset, "GBPS,LATENCY_US", or "measured" over this machine's
+transport) and each schedule's own work an operation (SCHEDULE_OVERHEAD), then
 simulates each trainer of TRAINERS on each count of DEVICES (harness/simulate.py: one
 device does one thing at a time, messages on their own links) and prints seconds per
 epoch, busy fraction and memory per device.  Every figure it gives is a forecast.
@@ -47,6 +49,7 @@ VALIDATE = False  # also measure every trainer on 1 and 2 processes here against
 VALIDATE_SAMPLES = 4096  # training images of a validation run's epoch
 VALIDATE_PARTS = "real,sleep"  # real: every trainer on 1 and 2 processes; sleep: the sleep workload on 4, 8, 16
 REPEATS = 5  # rounds of the profile's timings (medians)
+SCHEDULE_OVERHEAD = True  # add each schedule's own work an operation, measured on 2 idle processes (a few seconds)
 EPOCHS = 0  # > 0: the forecast race, each trainer's accuracy per epoch (trained here) against forecast time
 LEARN_RATE = 1e-3  # the forecast race: learning rate (Adam) of every trainer
 SG_LEARN_RATE = 3e-4  # the forecast race, synthetic rule: learning rate of the modules

@@ -30,7 +30,7 @@ def test_bad_devices_link_or_trainers_exit_2_with_one_line(tmp_path, flag, value
 
 def test_the_script_forecasts_every_trainer_on_every_count_and_writes_traces(tmp_path):
     result, out = run_main("forecast", "--dataset", "DIGITS", "--n", "4", "--width", "64", "--batch-size", "32",
-                           "--devices", "1,2,4", "--repeats", "1", "--link", "10gbe",
+                           "--devices", "1,2,4", "--repeats", "1", "--link", "10gbe", "--schedule-overhead", "0",
                            "--trainers", "bp-all,ddp,gpipe,1f1b,pipeline-delayed,pipeline-local",
                            "--results-dir", tmp_path)
     table = result["forecast"]
@@ -84,6 +84,51 @@ def test_a_rules_extra_work_follows_the_cuts_a_run_took():
     assert profile.extra("local", 2) == pytest.approx([0.5 + 0.2, 0.0])
     assert forecast(profile, "pipeline-local", 2, **kw)["epoch_s"] > even  # 4 layers on the last stage
     assert profile.extra("delayed", 2) is None  # a rule not profiled
+
+
+def test_gpipe_pays_for_its_micro_batches_and_each_schedule_for_its_own_work_per_operation():
+    """Hand-made profile: 4 micro-batches, of which the last 3 run their backward into held
+    gradients at 1.5x; the gradients' scaling (2 s for the whole network) falls on each
+    stage by its share of the parameters; a schedule's own work is added to every forward
+    and backward it runs."""
+    from harness.forecast import Microbatching
+
+    t = LayerTimes([1.0] * 8, [2.0] * 8, [0.0] * 8)
+    profile = Profile({16: t, 64: t}, [4 * 64] * 9, [1000] * 8, microbatch={16: Microbatching(1.5, 2.0)})
+    (plain,) = stage_costs(profile, [(0, 4)], 16)
+    (micro,) = stage_costs(profile, [(0, 4)], 16, microbatches=4)
+    assert plain.backward == 8.0 and micro.backward == pytest.approx(8.0 * (1 + 3 * 1.5) / 4)
+    assert plain.step == 0.0 and micro.step == pytest.approx(2.0 * 4000 / 8000)
+    add_rule(profile, Costs([3.0] * 8, cuts={}, layer_extra=[]), "exact", 2)
+    kw = {"batch": 64, "batches": 10, "link": LINKS["free"], "microbatches": 4}
+    before = {t: forecast(profile, t, 2, **kw)["epoch_s"] for t in ("gpipe", "pipeline-exact")}
+    profile.overhead = {"gpipe": 0.5, "pipeline": 0.25}
+    # GPipe, 10 batches: 4 forwards and 4 backwards on one stage, 2 more waited for each way
+    assert forecast(profile, "gpipe", 2, **kw)["epoch_s"] == pytest.approx(before["gpipe"] + 10 * 10 * 0.5)
+    # the exact pipeline runs in lockstep: every stage's forward and backward a batch in turn
+    assert forecast(profile, "pipeline-exact", 2, **kw)["epoch_s"] == pytest.approx(
+        before["pipeline-exact"] + 10 * 4 * 0.25)
+
+
+def test_a_schedules_own_work_an_operation_makes_its_idle_schedule_last_as_measured():
+    """GPipe at 4 micro-batches over 2 idle stages on a free link: o a forward or backward
+    makes 10 (4 + 1 forwards, 4 + 1 backwards) a batch on the critical path."""
+    from harness.forecast import overhead_for
+
+    idle = [StageCost(0.0, 0.0), StageCost(0.0, 0.0)]
+    assert overhead_for("gpipe", idle, 5, LINKS["free"], 5 * 10 * 0.002, microbatches=4) == pytest.approx(0.002)
+    assert overhead_for("pipeline", idle, 5, LINKS["free"], 0.5, delays=[1, 1]) > 0
+    assert overhead_for("pipeline", [StageCost(1.0, 1.0)] * 2, 5, LINKS["free"], 0.5, delays=[1, 1]) == 0.0
+
+
+@pytest.mark.slow
+def test_two_idle_processes_measure_each_schedules_own_work(gloo_link):
+    from harness.forecast import measure_overheads
+
+    profile = Profile({64: LayerTimes([1.0] * 4, [1.0] * 4, [0.0] * 4)}, [4 * 64] * 5, [1000] * 4)
+    found = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b"], gloo_link, 64, 4, batches=20,
+                              log=lambda s: None)
+    assert set(found) == {"pipeline", "1f1b"} and all(0 < o < 0.05 for o in found.values())
 
 
 def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
