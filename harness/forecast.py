@@ -463,12 +463,13 @@ def overhead_for(schedule, stages, batches, link, measured, **kw):
     return lo
 
 
-def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, log=print):
+def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, rounds=3, log=print):
     """{schedule: seconds of its own work per forward or backward operation} for each
     schedule of ``names`` (torch's ScheduleGPipe and Schedule1F1B, our pipeline): its
     sleep workload (``harness.sleep_workload``) on 2 processes whose stages do nothing,
     sending the profile's states at an even cut over ``link``'s transport (gloo here)
-    for ``batches`` batches of ``batch``, and the seconds o that make the simulated
+    for ``batches`` batches of ``batch`` (the median of ``rounds`` runs: a stall of a few
+    milliseconds moves one run by half), and the seconds o that make the simulated
     schedule, every forward and backward o long, take as long (bisection).  That is the
     host's work of splitting, queueing, receiving and bookkeeping that a profile of the
     layers does not hold."""
@@ -482,7 +483,7 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
             {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}
         size = batch // mbs if schedule in ("gpipe", "1f1b") else batch
         idle = [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * size), StageCost(0.0, 0.0)]
-        measured, _ = run_sleep(schedule, idle, batches, batch, link, **kw)
+        measured = statistics.median(run_sleep(schedule, idle, batches, batch, link, **kw)[0] for _ in range(rounds))
         out[schedule] = overhead_for(schedule, idle, batches, link, measured, **kw)
     if out:
         log("each schedule's own work an operation: " + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in out.items()))

@@ -127,7 +127,7 @@ def test_two_idle_processes_measure_each_schedules_own_work(gloo_link):
 
     profile = Profile({64: LayerTimes([1.0] * 4, [1.0] * 4, [0.0] * 4)}, [4 * 64] * 5, [1000] * 4)
     found = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b"], gloo_link, 64, 4, batches=20,
-                              log=lambda s: None)
+                              rounds=1, log=lambda s: None)
     assert set(found) == {"pipeline", "1f1b"} and all(0 < o < 0.05 for o in found.values())
 
 
