@@ -228,13 +228,15 @@ def figure(summary, path):
     if not nets:
         return None
     fig, axes = plt.subplots(1, len(nets), figsize=(5 * len(nets), 4), squeeze=False)
+    every = sorted({r for by_m in summary.values() for by_rule in by_m.values() for r in by_rule})
+    colour = {r: f"C{k % 10}" for k, r in enumerate(every)}  # one colour a rule in every panel
     for ax, net in zip(axes[0], nets):
         rules = sorted({r for by_rule in summary[net].values() for r in by_rule})
         for rule in rules:
             pts = [(m, v[rule]) for m, v in sorted(summary[net].items()) if rule in v]
             ax.errorbar([m for m, _ in pts], [r["gap"] for _, r in pts],
                         yerr=[0 if r["n"] == 1 else r["gap_se"] for _, r in pts], marker="o", capsize=3,
-                        label=rule)
+                        label=rule, color=colour[rule])
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("pipeline stages M (the delay of M busy devices)")
