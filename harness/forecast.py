@@ -240,15 +240,15 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
     if trainer in ("gpipe", "1f1b"):
         mbs = microbatches_of(trainer, m, microbatches)
         stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs, microbatches=mbs)
-        tl = simulate.synchronous_pipeline(with_overhead(stages, profile.overhead.get(trainer, 0.0)), batches, mbs,
-                                           link, trainer)
+        tl = simulate.synchronous_pipeline(with_overhead(stages, profile.overhead.get(schedule_of(trainer), 0.0)),
+                                           batches, mbs, link, trainer)
         return tl, stages, False, None
     rule = _rule_of(trainer)
     cls = rule_class(rule)
     stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra(rule, m))
     delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
-    tl = simulate.decoupled_pipeline(with_overhead(stages, profile.overhead.get("pipeline", 0.0)), batches, delays,
-                                     link, cls.receives_gradients)
+    tl = simulate.decoupled_pipeline(with_overhead(stages, profile.overhead.get(schedule_of(trainer), 0.0)), batches,
+                                     delays, link, cls.receives_gradients)
     return tl, stages, cls.stashes, delays
 
 
@@ -442,10 +442,17 @@ def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
     return profile
 
 
+def schedule_of(trainer):
+    """The schedule whose own work a trainer pays an operation (``measure_overheads``):
+    gpipe, 1f1b, or pipeline (ours, whatever its rule); None for backprop and DDP."""
+    if trainer in ("gpipe", "1f1b"):
+        return trainer
+    return "pipeline" if trainer.startswith("pipeline-") else None
+
+
 def schedules_of(names):
-    """The schedules of ``names`` whose own work a forecast adds (``measure_overheads``)."""
-    return sorted({t if t in ("gpipe", "1f1b") else "pipeline" for t in names
-                   if t in ("gpipe", "1f1b") or t.startswith("pipeline-")})
+    """The schedules of ``names`` whose own work a forecast adds."""
+    return sorted({schedule_of(t) for t in names} - {None})
 
 
 def overhead_for(schedule, stages, batches, link, measured, **kw):
@@ -478,10 +485,11 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
     cut = profile.n_layers // 2
     out = {}
     for schedule in schedules_of(names):
-        mbs = microbatches_of(schedule, 2, microbatches)
-        kw = {"microbatches": mbs} if schedule in ("gpipe", "1f1b") else \
-            {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}
-        size = batch // mbs if schedule in ("gpipe", "1f1b") else batch
+        if schedule == "pipeline":
+            kw, size = {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}, batch
+        else:
+            mbs = microbatches_of(schedule, 2, microbatches)
+            kw, size = {"microbatches": mbs}, batch // mbs
         idle = [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * size), StageCost(0.0, 0.0)]
         measured = statistics.median(run_sleep(schedule, idle, batches, batch, link, **kw)[0] for _ in range(rounds))
         out[schedule] = overhead_for(schedule, idle, batches, link, measured, **kw)
@@ -684,9 +692,8 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=N
                 kw = {"delays": [0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
                                  for s in range(m)], "receives": cls.receives_gradients}
             stages, k = scaled_stages(stages, min_sleep_s)
-            overhead = profile.overhead.get(t if t in ("gpipe", "1f1b") else "pipeline", 0.0)
             measured, predicted = run_sleep(t, stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, link, **kw,
-                                            overhead=overhead)
+                                            overhead=profile.overhead.get(schedule_of(t), 0.0))
             row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": measured,
                    "forecast_epoch_s": predicted, "error": predicted / measured - 1}
             rows.append(row)
