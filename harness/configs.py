@@ -227,7 +227,7 @@ class ForecastRun(NetworkFields, RunConfig):
     OTHER_LINK: str = ""
     MICROBATCHES: int = 4
     VALIDATE: bool = False
-    VALIDATE_SAMPLES: int = 4096
+    VALIDATE_SAMPLES: int = 2048
     VALIDATE_PARTS: str = "real,sleep"
     REPEATS: int = 5
     SCHEDULE_OVERHEAD: bool = True

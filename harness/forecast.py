@@ -26,6 +26,7 @@ device), ddp, gpipe, 1f1b and pipeline-<rule>; multilevel and PVD are not.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -40,6 +41,7 @@ from synthetic.balance import Costs, balanced_bounds, forward_states, lift_param
 from synthetic.rules import delay, rule_class
 
 from . import simulate
+from .pace import Pace, Pacer
 from .race import threads
 from .simulate import LINKS, Link, StageCost
 from .sleep_workload import with_overhead
@@ -72,6 +74,11 @@ class Profile:
     @property
     def n_layers(self):
         return len(self.param_bytes)
+
+    def step_s(self, batch):
+        """Seconds of a whole backprop step at ``batch`` (every piece's forward, backward and step)."""
+        t = self.times[batch]
+        return sum(t.whole(j) for j in range(self.n_layers + 2))
 
     @property
     def total_param_bytes(self):
@@ -253,14 +260,18 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
 
 
 def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace=False,
-             host=None):
+             host=None, pace=1.0):
     """{epoch_s, busy, memory_mb, delays} of ``trainer`` on ``m`` devices for an epoch of
     ``batches`` batches of ``batch``; with ``trace``, also the simulated Timeline
     (``timeline``).  ``host``: the devices are processes sharing this
     machine's cores, their compute ``host`` times slower while others compute
-    (``Timeline.run_sharing``) and DDP's all-reduce on their cores."""
+    (``Timeline.run_sharing``) and DDP's all-reduce on their cores.  ``pace``: the
+    machine's speed now against the profile's (a whole step's seconds now over the
+    profile's), which every operation on a device is scaled by."""
     tl, stages, stash, delays = _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight,
                                           host_comm=host is not None)
+    for op in tl.ops:
+        op.duration *= pace if op.resource.startswith("device") else 1.0
     if host is not None and trainer == "ddp" and m > 1:  # one device simulated: every device computes alike
         for op in tl.ops:
             op.duration *= host if op.name[0] in "fb" else 1.0
@@ -498,35 +509,6 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
     return out
 
 
-def sharing_worker(ctx, net, x, y, rounds):
-    """Every rank times backprop steps at once (``time_step``): the compute of processes
-    sharing the machine; the ranks' mean seconds a step, one entry per round."""
-    import torch.distributed as dist
-
-    out = []
-    for _ in range(rounds):
-        dist.barrier()
-        mine = torch.tensor(sum(time_step(net, x, y)), dtype=torch.float64)
-        dist.all_reduce(mine)
-        out.append(mine.item() / ctx.world_size)
-    return out
-
-
-def sharing_factor(net, x, y, processes=2, rounds=2):
-    """How much slower a step's compute is when ``processes`` one-thread processes compute
-    at once than when one computes alone: the ratio of the mean step times (each over a
-    couple of seconds of steps, ``rounds`` rounds of each, alone and together taken
-    alternately so that a drift of the machine's speed falls on both)."""
-    from .launch import launch
-
-    alone, together = [], []
-    for _ in range(rounds):
-        with threads(1):
-            alone.append(sum(time_step(net, x, y)))
-        together += launch(sharing_worker, processes, (net, x, y, 1), threads=1, device="cpu")
-    return statistics.fmean(together) / statistics.fmean(alone)
-
-
 def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0):
     """{trainer: {M: {epoch_s, busy, memory_mb, delays}}}."""
     return {t: {m: forecast(profile, t, m, batch=batch, batches=batches, link=link, microbatches=microbatches,
@@ -546,22 +528,47 @@ def format_table(table, devices):
     return "\n".join(rows) + "\n(seconds per epoch, mean busy fraction of the devices, largest device memory)"
 
 
-def validate(cfg, log=print, save=None):
+VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
+
+
+def steady_epoch_s(curve):
+    """The median seconds of an epoch after the first (which pays the start-up) of a curve
+    with one point an epoch and one at the start: a burst of the machine's slowness
+    moves one epoch, not the median."""
+    seconds = [p["seconds"] for p in curve]
+    return statistics.median(b - a for a, b in zip(seconds[1:], seconds[2:]))
+
+
+def validation_row(profile, trainer, m, curve, now, **kw):
+    """A validation run's row: its steady epoch (``steady_epoch_s``) against its forecast
+    at the machine's speed and sharing ``now`` (a Pace: the profile's times scaled by
+    ``now.alone`` over the profile's step; m > 1 devices sharing the cores by
+    ``now.sharing``), and the forecast at the profile's own speed beside it."""
+    pace = now.alone / profile.step_s(kw["batch"])
+    host = now.sharing if m > 1 else None
+    measured, predicted = steady_epoch_s(curve), forecast(profile, trainer, m, host=host, pace=pace, **kw)["epoch_s"]
+    return {"trainer": trainer, "devices": m, "measured_epoch_s": measured, "forecast_epoch_s": predicted,
+            "error": predicted / measured - 1, "first_epoch_s": curve[1]["seconds"] - curve[0]["seconds"],
+            "pace": pace, "sharing": host or 1.0,
+            "forecast_at_profile_pace_s": forecast(profile, trainer, m, host=host, **kw)["epoch_s"]}
+
+
+def validate(cfg, link, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
-    (harness.race's trainers, one epoch of VALIDATE_SAMPLES images) against the forecast
-    from a one-thread profile taken alone, over the measured link, with the devices
-    sharing this machine's cores (``forecast``'s ``host``: the measured sharing factor
-    while both compute, DDP's all-reduce on the cores)."""
+    (harness.race's trainers, VALIDATE_EPOCHS epochs of VALIDATE_SAMPLES images:
+    ``steady_epoch_s``) against the forecast from a one-thread profile taken alone, with
+    each schedule's own work at the workload's messages, over the measured link, at the
+    machine's speed and sharing measured just before and after each run
+    (``harness.pace``; ``validation_row``), DDP's all-reduce on the cores."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race, run_trainer
 
     names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     in_flight = cfg.rule_options.get("max_in_flight", 0)
-    link, _ = measure_link()
     log(f"link: {link.name}")
-    rows, overheads = [], None
+    rows = []
     for choice, conv in VALIDATION_NETS:
         n = min(cfg.N, 6) if conv else cfg.N
         vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES, DEVICES="1,2")
@@ -569,40 +576,38 @@ def validate(cfg, log=print, save=None):
         data = load_data(vcfg, log=lambda *a, **k: None)
         for batch in (cfg.BATCH_SIZE, cfg.BATCH_SIZE // 2):
             sub = data.head(len(data.y_train) - len(data.y_train) % batch)
+            sub = dataclasses.replace(sub, x_test=sub.x_test[:batch], y_test=sub.y_test[:batch])  # times, not accuracy
             net = build(vcfg, arch, meta)
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            if overheads is None:  # the schedules' own work: once, at the first workload's messages
-                overheads = measure_overheads(profile, names, link, batch, cfg.MICROBATCHES, in_flight, log=log) \
-                    if cfg.SCHEDULE_OVERHEAD else {}
-            profile.overhead = overheads
-            share = sharing_factor(net, x, y, 2)
-            log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
+            if cfg.SCHEDULE_OVERHEAD:  # the schedules' own work, at this workload's messages
+                profile.overhead = measure_overheads(profile, names, link, batch, cfg.MICROBATCHES, in_flight, log=log)
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
-                        n_layers=n, h=vcfg.STEP, data=sub, epochs=1, batch_size=batch, lr=1e-3,
+                        n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
                         microbatches=cfg.MICROBATCHES)
-            batches = len(sub.y_train) // batch
-            for t in names:
-                m = 1 if t == "bp-1t" else 2
-                with threads(1):
-                    curve, _, about = run_trainer(t, race)
-                measured = curve[-1]["seconds"]
-                if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
-                    profile.bounds[(_rule_of(t), m)] = about["bounds"]
-                predicted = forecast(profile, t, m, batch=batch, batches=batches, link=link,
-                                     microbatches=cfg.MICROBATCHES, host=share, max_in_flight=in_flight)["epoch_s"]
-                row = {"trainer": t, "devices": m, "workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
-                       "measured_epoch_s": measured, "forecast_epoch_s": predicted,
-                       "error": predicted / measured - 1, "sharing": share if m > 1 else 1.0,
-                       **({"bounds": about["bounds"]} if "bounds" in about else {})}
-                rows.append(row)
-                if save is not None:
-                    save(rows)
-                log(f"  {row['workload']:<22} {t:<20} M={m}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
-                    f"({row['error']:+.1%})")
-    return rows, link
+            kw = {"batch": batch, "batches": len(sub.y_train) // batch, "link": link, "microbatches": cfg.MICROBATCHES,
+                  "max_in_flight": in_flight}
+            with Pacer(net, x, y) as pacer:
+                before = pacer.measure()
+                for t in names:
+                    m = 1 if t == "bp-1t" else 2
+                    with threads(1):
+                        curve, _, about = run_trainer(t, race)
+                    after = pacer.measure()
+                    now, before = Pace.mean([before, after]), after
+                    if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
+                        profile.bounds[(_rule_of(t), m)] = about["bounds"]
+                    row = validation_row(profile, t, m, curve, now, **kw)
+                    row["workload"] = f"{'conv ' if conv else ''}{choice}, batch {batch}"
+                    rows.append(row | ({"bounds": about["bounds"]} if "bounds" in about else {}))
+                    if save is not None:
+                        save(rows)
+                    log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
+                        f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; pace {row['pace']:.3f}, sharing "
+                        f"{now.sharing:.3f}; the first epoch {row['first_epoch_s']:6.2f} s)")
+    return rows
 
 
 # ---- the forecast race: accuracy per epoch (measured here) against forecast seconds ---------
@@ -724,12 +729,13 @@ def _as_json(table):
             for t, by_m in table.items()}
 
 
-def run_validation(cfg, run, profile, names):
-    """VALIDATE's rows (real work, the sleep workload: VALIDATE_PARTS) and their errors."""
+def run_validation(cfg, run, profile, names, link):
+    """VALIDATE's rows (real work, the sleep workload: VALIDATE_PARTS) and their errors;
+    ``link``: this machine's transport, measured."""
     parts = {p.strip() for p in cfg.VALIDATE_PARTS.split(",")}
     save = lambda rows: run.save_json("validation.json", rows)  # noqa: E731 - as they come: a failure keeps them
-    real, here = validate(cfg, save=save) if "real" in parts else ([], None)
-    sleep = validate_sleep(cfg, profile, names, here or measure_link()[0], save=lambda rows: save(real + rows)) \
+    real = validate(cfg, link, save=save) if "real" in parts else []
+    sleep = validate_sleep(cfg, profile, names, link, save=lambda rows: save(real + rows)) \
         if "sleep" in parts else []
     validation = real + sleep
     real_e, sleep_e, all_e = error_summary(real), error_summary(sleep), error_summary(validation)
@@ -780,8 +786,10 @@ def forecast_main(cfg):
                            cfg.REPEATS)
     links = [_link(text, o.device) for text in (cfg.LINK, cfg.OTHER_LINK) if text]
     in_flight = cfg.rule_options.get("max_in_flight", 0)
-    if cfg.SCHEDULE_OVERHEAD:  # measured over this machine's transport, whatever link is forecast
+    here = None  # this machine's transport, measured: the schedules' own work and the validation run over it
+    if cfg.SCHEDULE_OVERHEAD or cfg.VALIDATE:
         here = links[0] if cfg.LINK == "measured" else measure_link()[0]
+    if cfg.SCHEDULE_OVERHEAD:
         profile.overhead = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
     kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight}
     tables = {}
@@ -792,7 +800,7 @@ def forecast_main(cfg):
     for t in names:
         tl = forecast(profile, t, top, batches=few, trace=True, **kw)["timeline"]
         tl.chrome_trace(run.file(f"forecast_trace_{t}_M{top}.json"), process=f"{t}, M = {top} (forecast)")
-    validation, errors = run_validation(cfg, run, profile, names) if cfg.VALIDATE else ([], {})
+    validation, errors = run_validation(cfg, run, profile, names, here) if cfg.VALIDATE else ([], {})
     race = {"race": run_race(cfg, o, run, tables, names, devices)} if cfg.EPOCHS else {}
     first = links[0]
     out = {"forecast": _as_json(tables[first.name]),

@@ -177,3 +177,25 @@ def test_the_forecast_race_times_each_epoch_by_its_forecast_and_names_the_first(
     assert winners(times, [1, 4]) == {1: "bp-all", 4: "pipeline-local"}
     _, never = race_table(curves, table, 0.0)
     assert never["pipeline-local"][4] is None and winners(never, [4]) == {4: "bp-all"}
+
+
+def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_first():
+    from harness.forecast import steady_epoch_s
+
+    curve = [{"seconds": s} for s in (0.0, 3.0, 5.0, 7.5, 9.5)]  # epochs of 3 (start-up), 2, 2.5 and 2 s
+    assert steady_epoch_s(curve) == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_two_processes_computing_at_once_measure_how_much_they_slow_each_other():
+    from harness.pace import Pace, Pacer
+
+    torch.manual_seed(0)
+    net = build_model("verlet", (1, 8, 8), 10, 2, 0.5, width=64)
+    data = datasets.load("DIGITS")
+    with Pacer(net, data.x_train[:32], data.y_train[:32], min_s=0.2) as pacer:
+        paces = [pacer.measure(), pacer.measure()]
+        procs = pacer.procs
+    assert all(p.alone > 0 and 0.5 < p.sharing < 4.0 for p in paces)  # two one-thread processes on two cores
+    assert Pace.mean(paces).alone == pytest.approx((paces[0].alone + paces[1].alone) / 2)
+    assert not any(proc.is_alive() for proc in procs)  # nothing left running
