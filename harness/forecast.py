@@ -41,7 +41,6 @@ from synthetic.balance import Costs, balanced_bounds, forward_states, lift_param
 from synthetic.rules import delay, rule_class
 
 from . import simulate
-from .pace import Pace, Pacer
 from .race import threads
 from .simulate import LINKS, Link, StageCost
 from .sleep_workload import with_overhead
@@ -539,13 +538,48 @@ def steady_epoch_s(curve):
     return statistics.median(b - a for a, b in zip(seconds[1:], seconds[2:]))
 
 
-def validation_row(profile, trainer, m, curve, now, **kw):
+def sharing_worker(ctx, net, x, y, rounds):
+    """Rounds of rank 0 timing backprop steps (``time_step``) alone while the others wait
+    at a barrier, then every rank at once: rank 0 returns [(alone, the ranks' mean
+    together)], seconds a step."""
+    import torch.distributed as dist
+
+    out = []
+    for _ in range(rounds):
+        dist.barrier()
+        alone = sum(time_step(net, x, y)) if ctx.rank == 0 else 0.0
+        dist.barrier()
+        mine = torch.tensor(sum(time_step(net, x, y)), dtype=torch.float64)
+        dist.all_reduce(mine)
+        out.append((alone, mine.item() / ctx.world_size))
+    return out if ctx.rank == 0 else None
+
+
+def sharing_factor(net, x, y, processes=2, rounds=3):
+    """How much slower a step's compute is when ``processes`` one-thread processes compute
+    at once than when one computes alone: the median over ``rounds`` of the ratio of the
+    mean step times together and alone (each over a couple of seconds of steps, taken in
+    turn by the same processes, so that a drift of the machine's speed falls on both)."""
+    from .launch import launch
+
+    pairs = launch(sharing_worker, processes, (net, x, y, rounds), threads=1, device="cpu")
+    return statistics.median(together / alone for alone, together in pairs)
+
+
+def machine_pace(net, x, y):
+    """Seconds of a whole backprop step of ``net`` on (x, y) in this process on one thread,
+    over a second of steps (``time_step``): the machine's speed now, against a
+    profile's ``step_s`` taken in this process too."""
+    with threads(1):
+        return sum(time_step(net, x, y, min_s=1.0))
+
+
+def validation_row(profile, trainer, m, curve, step_s, sharing, **kw):
     """A validation run's row: its steady epoch (``steady_epoch_s``) against its forecast
-    at the machine's speed and sharing ``now`` (a Pace: the profile's times scaled by
-    ``now.alone`` over the profile's step; m > 1 devices sharing the cores by
-    ``now.sharing``), and the forecast at the profile's own speed beside it."""
-    pace = now.alone / profile.step_s(kw["batch"])
-    host = now.sharing if m > 1 else None
+    at the machine's speed now (``step_s``: a whole step's seconds around the run, over
+    the profile's: ``pace``), m > 1 devices sharing the cores by ``sharing``; and the
+    forecast at the profile's own speed beside it."""
+    pace, host = step_s / profile.step_s(kw["batch"]), sharing if m > 1 else None
     measured, predicted = steady_epoch_s(curve), forecast(profile, trainer, m, host=host, pace=pace, **kw)["epoch_s"]
     return {"trainer": trainer, "devices": m, "measured_epoch_s": measured, "forecast_epoch_s": predicted,
             "error": predicted / measured - 1, "first_epoch_s": curve[1]["seconds"] - curve[0]["seconds"],
@@ -559,8 +593,10 @@ def validate(cfg, link, log=print, save=None):
     (harness.race's trainers, VALIDATE_EPOCHS epochs of VALIDATE_SAMPLES images:
     ``steady_epoch_s``) against the forecast from a one-thread profile taken alone, with
     each schedule's own work at the workload's messages, over the measured link, at the
-    machine's speed and sharing measured just before and after each run
-    (``harness.pace``; ``validation_row``), DDP's all-reduce on the cores."""
+    machine's speed measured in this process just before and after each run
+    (``machine_pace``; ``validation_row``), the devices sharing this machine's cores by
+    the factor measured once a workload (``sharing_factor``), DDP's all-reduce on the
+    cores."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race, run_trainer
@@ -589,24 +625,26 @@ def validate(cfg, link, log=print, save=None):
                         microbatches=cfg.MICROBATCHES)
             kw = {"batch": batch, "batches": len(sub.y_train) // batch, "link": link, "microbatches": cfg.MICROBATCHES,
                   "max_in_flight": in_flight}
-            with Pacer(net, x, y) as pacer:
-                before = pacer.measure()
-                for t in names:
-                    m = 1 if t == "bp-1t" else 2
-                    with threads(1):
-                        curve, _, about = run_trainer(t, race)
-                    after = pacer.measure()
-                    now, before = Pace.mean([before, after]), after
-                    if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
-                        profile.bounds[(_rule_of(t), m)] = about["bounds"]
-                    row = validation_row(profile, t, m, curve, now, **kw)
-                    row["workload"] = f"{'conv ' if conv else ''}{choice}, batch {batch}"
-                    rows.append(row | ({"bounds": about["bounds"]} if "bounds" in about else {}))
-                    if save is not None:
-                        save(rows)
-                    log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
-                        f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; pace {row['pace']:.3f}, sharing "
-                        f"{now.sharing:.3f}; the first epoch {row['first_epoch_s']:6.2f} s)")
+            share = sharing_factor(net, x, y, 2)
+            log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
+            before = machine_pace(net, x, y)
+            for t in names:
+                m = 1 if t == "bp-1t" else 2
+                with threads(1):
+                    curve, _, about = run_trainer(t, race)
+                after = machine_pace(net, x, y)
+                step_s, before = (before + after) / 2, after
+                if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
+                    profile.bounds[(_rule_of(t), m)] = about["bounds"]
+                row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
+                       **validation_row(profile, t, m, curve, step_s, share, **kw),
+                       **({"bounds": about["bounds"]} if "bounds" in about else {})}
+                rows.append(row)
+                if save is not None:
+                    save(rows)
+                log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
+                    f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; the machine's pace {row['pace']:.3f}; "
+                    f"the first epoch {row['first_epoch_s']:6.2f} s)")
     return rows
 
 

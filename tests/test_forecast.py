@@ -188,14 +188,22 @@ def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_firs
 
 @pytest.mark.slow
 def test_two_processes_computing_at_once_measure_how_much_they_slow_each_other():
-    from harness.pace import Pace, Pacer
+    from harness.forecast import sharing_factor
 
     torch.manual_seed(0)
     net = build_model("verlet", (1, 8, 8), 10, 2, 0.5, width=64)
     data = datasets.load("DIGITS")
-    with Pacer(net, data.x_train[:32], data.y_train[:32], min_s=0.2) as pacer:
-        paces = [pacer.measure(), pacer.measure()]
-        procs = pacer.procs
-    assert all(p.alone > 0 and 0.5 < p.sharing < 4.0 for p in paces)  # two one-thread processes on two cores
-    assert Pace.mean(paces).alone == pytest.approx((paces[0].alone + paces[1].alone) / 2)
-    assert not any(proc.is_alive() for proc in procs)  # nothing left running
+    factor = sharing_factor(net, data.x_train[:32], data.y_train[:32], rounds=1)
+    assert 0.5 < factor < 4.0  # two one-thread processes on two cores: about 1
+
+
+def test_a_validation_row_forecasts_its_run_at_the_machines_speed_around_it():
+    from harness.forecast import validation_row
+
+    profile = Profile({8: LayerTimes([0.1] * 2, [0.2] * 2, [0.0] * 2)}, [32] * 3, [100] * 2)  # a 0.6 s step
+    curve = [{"seconds": s} for s in (0.0, 9.0, 15.0, 21.0, 27.0)]  # steady epochs of 6 s
+    row = validation_row(profile, "bp-1t", 1, curve, 0.72, 1.1, batch=8, batches=10, link=LINKS["free"])
+    assert row["pace"] == pytest.approx(1.2) and row["sharing"] == 1.0  # one device shares nothing
+    assert row["forecast_at_profile_pace_s"] == pytest.approx(6.0)
+    assert row["forecast_epoch_s"] == pytest.approx(7.2) and row["error"] == pytest.approx(0.2)
+    assert row["measured_epoch_s"] == pytest.approx(6.0) and row["first_epoch_s"] == pytest.approx(9.0)
