@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Profile:
     bounds: dict = field(default_factory=dict)  # (rule, M) -> the cuts: the balancer's, or a run's own
     microbatch: dict = field(default_factory=dict)  # micro-batch size -> Microbatching (GPipe, 1F1B)
     overhead: dict = field(default_factory=dict)  # schedule (gpipe, 1f1b, pipeline) -> its seconds an operation
+    variation: dict = field(default_factory=dict)  # batch size -> its steps' seconds over their mean (``variation``)
 
     def extra(self, rule, m):
         """Each stage's extra seconds for ``rule`` at its cuts on m devices (batch B): its
@@ -108,12 +110,10 @@ def _clock(fn, device):
     return time.perf_counter() - t0, out
 
 
-def time_step(net, x, y, steps=10, min_s=2.0):
-    """Seconds of one backprop step of the whole ``net`` on (x, y) as ``fit`` takes it:
-    (forward pass with the loss, backward pass, Adam's step), each the mean over at least
-    ``steps`` steps and ``min_s`` seconds, after two unmeasured.  An epoch's time is a sum,
-    so a mean predicts it, and this machine's speed wanders by 10-15 % from one second to
-    the next: a second or two of steps averages that out."""
+def step_rows(net, x, y, steps=10, min_s=2.0):
+    """(forward pass with the loss, backward pass, Adam's step) seconds of each backprop step
+    of the whole ``net`` on (x, y) as ``fit`` takes it, over at least ``steps`` steps and
+    ``min_s`` seconds, after two unmeasured."""
     net = copy.deepcopy(net).to(x.device).train()
     opt = make_optimizer("adam", net.parameters(), 1e-9)
     rows, spent = [], 0.0
@@ -124,19 +124,39 @@ def time_step(net, x, y, steps=10, min_s=2.0):
         opt.zero_grad(set_to_none=True)
         rows.append((tf, tb, ts))
         spent += tf + tb + ts if len(rows) > 2 else 0.0
-    return tuple(statistics.fmean(r[k] for r in rows[2:]) for k in range(3))
+    return rows[2:]
+
+
+def time_step(net, x, y, steps=10, min_s=2.0):
+    """Seconds of one backprop step (forward with the loss, backward, step), each the mean
+    of ``step_rows``.  An epoch's time is a sum, so a mean predicts it, and this machine's
+    speed wanders by 10-15 % from one second to the next: a second or two of steps
+    averages that out."""
+    return _means(step_rows(net, x, y, steps, min_s))
+
+
+def _means(rows):
+    return tuple(statistics.fmean(r[k] for r in rows) for k in range(3))
+
+
+def variation(rows):
+    """Each step's seconds over the mean step's, sorted: how one step differs from the next."""
+    mean = sum(_means(rows))
+    return tuple(sorted(sum(r) / mean for r in rows))
 
 
 def time_layers(net, x, y, repeats=5):
-    """LayerTimes of ``net`` on batch (x, y).  Each piece is timed alone
-    (``synthetic.balance.time_pieces``: the median over ``repeats`` rounds, every piece
-    once a round, so that a drift of the machine's speed falls on all of them alike, as
-    the balancer times them); those times give each piece's share, and the whole
-    network's step (``time_step``) their sum: a piece's forward time is its share of the
-    whole forward pass, and so on.  Pieces timed one by one pay per-call costs that a
-    whole step does not, and a few milliseconds of each are noisier than their sum."""
+    """LayerTimes of ``net`` on batch (x, y), and its steps' ``variation``.  Each piece is
+    timed alone (``synthetic.balance.time_pieces``: the median over ``repeats`` rounds,
+    every piece once a round, so that a drift of the machine's speed falls on all of
+    them alike, as the balancer times them); those times give each piece's share, and
+    the whole network's step (``time_step``) their sum: a piece's forward time is its
+    share of the whole forward pass, and so on.  Pieces timed one by one pay per-call
+    costs that a whole step does not, and a few milliseconds of each are noisier than
+    their sum."""
     pieces = time_pieces(copy.deepcopy(net).to(x.device).train(), x, y, repeats)
-    return pieces.scaled(time_step(net, x, y))
+    rows = step_rows(net, x, y)
+    return pieces.scaled(_means(rows)), variation(rows)
 
 
 def time_microbatching(net, x, y, min_s=1.0):
@@ -162,11 +182,12 @@ def time_microbatching(net, x, y, min_s=1.0):
 def profile_network(net, x, y, batch_sizes, repeats=5, microbatch_sizes=()):
     """The Profile of ``net``, timed at each of ``batch_sizes`` on the first samples of (x,
     y), and its ``Microbatching`` at each of ``microbatch_sizes``."""
-    times = {b: time_layers(net, x[:b], y[:b], repeats) for b in sorted(set(batch_sizes))}
-    return Profile(times, [_nbytes(s) for s in forward_states(net, x[:1])],
+    timed = {b: time_layers(net, x[:b], y[:b], repeats) for b in sorted(set(batch_sizes))}
+    return Profile({b: t for b, (t, _) in timed.items()}, [_nbytes(s) for s in forward_states(net, x[:1])],
                    [_nbytes(net.layer_parameters(j, j + 1)) for j in range(net.n_layers)],
                    _nbytes(lift_parameters(net)), _nbytes(list(net.classifier.parameters())),
-                   microbatch={b: time_microbatching(net, x[:b], y[:b]) for b in sorted(set(microbatch_sizes))})
+                   microbatch={b: time_microbatching(net, x[:b], y[:b]) for b in sorted(set(microbatch_sizes))},
+                   variation={b: v for b, (_, v) in timed.items()})
 
 
 def add_rule(profile, costs, rule, m):
@@ -218,6 +239,22 @@ def per_device_batches(trainer, batch, m, microbatches):
     return [batch]
 
 
+def ddp_layers(profile, share):
+    """StageCost of each layer for DDP at ``share`` samples a device, in forward order: the
+    opening layer's work and parameters on the first, the classifier's on the last, every
+    step at the end."""
+    t, n = profile.times[share], profile.n_layers
+    layers = [StageCost(t.forward[j], t.backward[j], t.step[j], param_bytes=profile.param_bytes[j]) for j in range(n)]
+    layers[0].forward += t.first[0]
+    layers[0].backward += t.first[1]
+    layers[0].param_bytes += profile.first_param_bytes
+    layers[-1].forward += t.last[0]
+    layers[-1].backward += t.last[1]
+    layers[-1].step += t.last[2] + t.first[2]
+    layers[-1].param_bytes += profile.last_param_bytes
+    return layers
+
+
 def _memory_mb(stage, in_flight_count, stash):
     state = 4 * stage.param_bytes  # weights, gradients, Adam's two moments
     kept = stage.activation_bytes * in_flight_count
@@ -232,16 +269,8 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
         (whole,) = stage_costs(profile, [(0, n)], batch)
         return simulate.backprop(whole, batches), [whole], False, None
     if trainer == "ddp":
-        share = batch // m
-        t = profile.times[share]
-        layers = [StageCost(t.forward[j], t.backward[j], t.step[j], param_bytes=profile.param_bytes[j])
-                  for j in range(n)]
-        layers[0].forward += t.first[0]
-        layers[0].backward += t.first[1]
-        layers[-1].forward += t.last[0]
-        layers[-1].backward += t.last[1]
-        layers[-1].step += t.last[2] + t.first[2]
-        (whole,) = stage_costs(profile, [(0, n)], share)  # every device's memory
+        layers = with_overhead(ddp_layers(profile, batch // m), profile.overhead.get("ddp", 0.0))
+        (whole,) = stage_costs(profile, [(0, n)], batch // m)  # every device's memory
         return simulate.ddp(layers, batches, m, link, host_comm=host_comm), [whole] * m, False, None
     if trainer in ("gpipe", "1f1b"):
         mbs = microbatches_of(trainer, m, microbatches)
@@ -258,32 +287,41 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
     return tl, stages, cls.stashes, delays
 
 
+VARIED_BATCHES = 256  # a forecast with its steps' variation: the mean of draws over at least these batches
+
+
 def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_in_flight=0, trace=False,
-             host=None, pace=1.0):
+             host=None, pace=1.0, vary=True):
     """{epoch_s, busy, memory_mb, delays} of ``trainer`` on ``m`` devices for an epoch of
     ``batches`` batches of ``batch``; with ``trace``, also the simulated Timeline
     (``timeline``).  ``host``: the devices are processes sharing this
     machine's cores, their compute ``host`` times slower while others compute
     (``Timeline.run_sharing``) and DDP's all-reduce on their cores.  ``pace``: the
     machine's speed now against the profile's (a whole step's seconds now over the
-    profile's), which every operation on a device is scaled by."""
+    profile's), which every operation on a device is scaled by.  With ``vary`` and the
+    profile's step-to-step ``variation`` at the batch size a device runs, each device's
+    work on each batch is scaled by a draw from it (``simulate.vary``; DDP's one
+    simulated device by the slowest of m draws, its all-reduces waiting for every
+    device), and the epoch is the mean of enough draws to span VARIED_BATCHES batches:
+    devices in lock-step wait for the slower one each batch."""
     tl, stages, stash, delays = _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight,
                                           host_comm=host is not None)
-    for op in tl.ops:
-        op.duration *= pace if op.resource.startswith("device") else 1.0
-    if host is not None and trainer == "ddp" and m > 1:  # one device simulated: every device computes alike
-        for op in tl.ops:
-            op.duration *= host if op.name[0] in "fb" else 1.0
-        tl.run()
-    elif host is not None:
-        tl.run_sharing(host)
-    else:
-        tl.run()
-    span = tl.makespan
-    devices = tl.devices()
+    lockstep = trainer == "ddp" and m > 1  # one device simulated: every device computes alike
+    base = [op.duration * (pace if op.resource.startswith("device") else 1.0)
+            * (host if host is not None and lockstep and op.name[0] in "fb" else 1.0) for op in tl.ops]
+    ratios = profile.variation.get(per_device_batches(trainer, batch, m, microbatches)[0]) if vary else None
+    rng, spans = random.Random(0), []
+    for _ in range(math.ceil(VARIED_BATCHES / batches) if ratios else 1):
+        simulate.vary(tl, base, ratios, rng, m if lockstep else 1)
+        if host is not None and not lockstep:
+            tl.run_sharing(host)
+        else:
+            tl.run()
+        spans.append(tl.makespan)
+    devices, last = tl.devices(), tl.makespan
     memory = [_memory_mb(stages[k], max(simulate.in_flight(tl, d), 1), stash)
               for k, d in enumerate(devices)]
-    out = {"epoch_s": span, "busy": [tl.busy(d) / span if span else 0.0 for d in devices],
+    out = {"epoch_s": statistics.fmean(spans), "busy": [tl.busy(d) / last if last else 0.0 for d in devices],
            "memory_mb": memory, "delays": delays}
     if trace:
         out["timeline"] = tl
@@ -454,8 +492,8 @@ def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
 
 def schedule_of(trainer):
     """The schedule whose own work a trainer pays an operation (``measure_overheads``):
-    gpipe, 1f1b, or pipeline (ours, whatever its rule); None for backprop and DDP."""
-    if trainer in ("gpipe", "1f1b"):
+    ddp, gpipe, 1f1b, or pipeline (ours, whatever its rule); None for backprop."""
+    if trainer in ("ddp", "gpipe", "1f1b"):
         return trainer
     return "pipeline" if trainer.startswith("pipeline-") else None
 
@@ -465,14 +503,19 @@ def schedules_of(names):
     return sorted({schedule_of(t) for t in names} - {None})
 
 
-def overhead_for(schedule, stages, batches, link, measured, **kw):
+def overhead_for(schedule, stages, batches, link, measured, sharing=1.0, **kw):
     """The seconds o that, added to every forward and backward of ``schedule`` over
-    ``stages`` (``sleep_timeline``), make ``batches`` batches take ``measured`` seconds
-    (bisection: the span grows with o; 0 when even o = 0 takes longer)."""
+    ``stages`` (``sleep_timeline``; their compute ``sharing`` times slower while both
+    compute, ``Timeline.run_sharing``), make ``batches`` batches take ``measured``
+    seconds (bisection: the span grows with o; 0 when even o = 0 takes longer)."""
     from .sleep_workload import sleep_timeline
 
+    if schedule == "ddp":  # one device simulated for both, which compute all along
+        stages, sharing = [dataclasses.replace(c, forward=c.forward * sharing, backward=c.backward * sharing)
+                           for c in stages], 1.0
+
     def span(o):
-        return sleep_timeline(schedule, with_overhead(stages, o), batches, link, **kw).run().makespan
+        return sleep_timeline(schedule, with_overhead(stages, o), batches, link, **kw).run_sharing(sharing).makespan
 
     lo, hi = 0.0, measured
     for _ in range(40 if span(0.0) < measured else 0):
@@ -480,31 +523,45 @@ def overhead_for(schedule, stages, batches, link, measured, **kw):
     return lo
 
 
-def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, rounds=3, log=print):
+def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, rounds=3, busy=False,
+                      log=print):
     """{schedule: seconds of its own work per forward or backward operation} for each
-    schedule of ``names`` (torch's ScheduleGPipe and Schedule1F1B, our pipeline): its
-    sleep workload (``harness.sleep_workload``) on 2 processes whose stages do nothing,
-    sending the profile's states at an even cut over ``link``'s transport (gloo here)
-    for ``batches`` batches of ``batch`` (the median of ``rounds`` runs: a stall of a few
-    milliseconds moves one run by half), and the seconds o that make the simulated
-    schedule, every forward and backward o long, take as long (bisection).  That is the
-    host's work of splitting, queueing, receiving and bookkeeping that a profile of the
-    layers does not hold."""
-    from .sleep_workload import run_sleep
+    schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our pipeline):
+    its sleep workload (``harness.sleep_workload``) on 2 processes over ``link``'s
+    transport (gloo here) for ``batches`` batches of ``batch``, sending the profile's
+    states at an even cut (DDP: all-reducing gradients of its layers' sizes), and the
+    seconds o that make the simulated schedule, every forward and backward o longer,
+    take as long (bisection), the median over ``rounds`` runs (a stall of a few
+    milliseconds moves one run by half).  Its stages do nothing, or with ``busy`` compute the
+    profile's durations (``harness.sleep_workload.Work``, their sharing of the cores
+    measured in the same run; DDP's all-reduce on those cores).  That is the host's work
+    of splitting, queueing, receiving, bucketing and bookkeeping that a profile of the
+    layers does not hold, on idle cores (a device's host) or on the cores the processes
+    compute on (two processes on this machine, whose transports' threads take their
+    compute's cores)."""
+    from .sleep_workload import measure_sleep
 
     cut = profile.n_layers // 2
     out = {}
     for schedule in schedules_of(names):
-        if schedule == "pipeline":
-            kw, size = {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}, batch
+        sim = {}  # what only the simulation takes
+        if schedule == "ddp":
+            kw, sim, stages = {}, {"host_comm": busy}, ddp_layers(profile, batch // 2)
+            if not busy:
+                stages = [StageCost(0.0, 0.0, param_bytes=c.param_bytes) for c in stages]
         else:
-            mbs = microbatches_of(schedule, 2, microbatches)
-            kw, size = {"microbatches": mbs}, batch // mbs
-        idle = [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * size), StageCost(0.0, 0.0)]
-        measured = statistics.median(run_sleep(schedule, idle, batches, batch, link, **kw)[0] for _ in range(rounds))
-        out[schedule] = overhead_for(schedule, idle, batches, link, measured, **kw)
+            if schedule == "pipeline":
+                kw, size, mbs = {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}, batch, 1
+            else:
+                mbs = microbatches_of(schedule, 2, microbatches)
+                kw, size = {"microbatches": mbs}, batch // mbs
+            stages = stage_costs(profile, [(0, cut), (cut, profile.n_layers)], size, microbatches=mbs) if busy \
+                else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * size), StageCost(0.0, 0.0)]
+        out[schedule] = statistics.median(overhead_for(schedule, stages, batches, link, *measure_sleep(
+            schedule, stages, batches, batch, busy=busy, **kw), **kw, **sim) for _ in range(rounds))
     if out:
-        log("each schedule's own work an operation: " + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in out.items()))
+        log(f"each schedule's own work an operation{' on busy cores' if busy else ''}: "
+            + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in out.items()))
     return out
 
 
@@ -528,6 +585,7 @@ def format_table(table, devices):
 
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
+BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
 
 
 def steady_epoch_s(curve):
@@ -591,8 +649,9 @@ def validate(cfg, link, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
     (harness.race's trainers, VALIDATE_EPOCHS epochs of VALIDATE_SAMPLES images:
-    ``steady_epoch_s``) against the forecast from a one-thread profile taken alone, with
-    each schedule's own work at the workload's messages, over the measured link, at the
+    ``steady_epoch_s``) against the forecast from a one-thread profile taken alone (its
+    steps' variation included), with each schedule's own work at the workload's messages
+    and durations on busy cores (``measure_overheads``), over the measured link, at the
     machine's speed measured in this process just before and after each run
     (``machine_pace``; ``validation_row``), the devices sharing this machine's cores by
     the factor measured once a workload (``sharing_factor``), DDP's all-reduce on the
@@ -617,8 +676,9 @@ def validate(cfg, link, log=print, save=None):
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            if cfg.SCHEDULE_OVERHEAD:  # the schedules' own work, at this workload's messages
-                profile.overhead = measure_overheads(profile, names, link, batch, cfg.MICROBATCHES, in_flight, log=log)
+            if cfg.SCHEDULE_OVERHEAD:  # the schedules' own work at this workload's messages, on busy cores
+                profile.overhead = measure_overheads(profile, names, link, batch, cfg.MICROBATCHES, in_flight,
+                                                     batches=BUSY_BATCHES, busy=True, log=log)
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
@@ -638,6 +698,7 @@ def validate(cfg, link, log=print, save=None):
                     profile.bounds[(_rule_of(t), m)] = about["bounds"]
                 row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
                        **validation_row(profile, t, m, curve, step_s, share, **kw),
+                       "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
                        **({"bounds": about["bounds"]} if "bounds" in about else {})}
                 rows.append(row)
                 if save is not None:

@@ -181,6 +181,30 @@ def chrome_trace(events, path=None, process=""):
     return out
 
 
+def batch_of(op):
+    """The batch an operation works on (its ``batch``, or its ``id``: a micro-batch's is
+    (batch, micro-batch)); None for a message."""
+    b = op.args.get("batch", op.args.get("id"))
+    return b[0] if isinstance(b, tuple) else b
+
+
+def vary(tl, durations, ratios, rng, slowest_of=1):
+    """Set each operation's duration to ``durations``', a device's work on one batch (its
+    operations of that batch but all-reduces) all scaled by one factor drawn from
+    ``ratios`` (a step's seconds over the mean step's, measured), the largest of
+    ``slowest_of`` draws where one device stands for that many in lock-step; without
+    ``ratios``, the durations as they are."""
+    factors = {}
+    for op, d in zip(tl.ops, durations):
+        if ratios and op.resource.startswith("device") and not op.name.startswith("allreduce"):
+            key = (op.resource, batch_of(op))
+            if key not in factors:
+                factors[key] = max(rng.choice(ratios) for _ in range(slowest_of))
+            d *= factors[key]
+        op.duration = d
+    return tl
+
+
 def _overlap(start, end, intervals):
     """Seconds of [start, end) covered by the sorted, disjoint ``intervals``."""
     k = bisect.bisect_left(intervals, (start, start)) - 1

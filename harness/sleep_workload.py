@@ -8,12 +8,17 @@ back) and goes through the same code as training:
              of ``harness.simulate.decoupled_programs`` (our stage generator's order);
   gpipe/1f1b torch.distributed.pipelining's ScheduleGPipe and Schedule1F1B over stages of
              sleeping layers (``SleepLayer``: an autograd function that sleeps in both
-             passes), one step per stage per batch.
+             passes), one step per stage per batch;
+  ddp        torch's DistributedDataParallel over sleeping layers whose parameters are the
+             layers' sizes, on 2 processes (``ddp_sleep_worker``: each schedule's own work,
+             ``harness.forecast.measure_overheads``).
 Sleeps need no core, so M processes on 2 cores stand for M devices, as long as each
 process's own work per message (about a millisecond here) stays small beside its sleeps:
 the durations are scaled so that the shortest sleep is ``min_sleep_s`` (100 ms in the
 validation), which keeps that work to about 1-2 % of a stage's time; the host's cores
-are not modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep workload.
+are not modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep workload
+beyond 2 processes.  With ``Work`` instead of sleeps (``busy_worker``) the stages
+compute, and a schedule's own work is measured on cores that its processes compute on.
 """
 from __future__ import annotations
 
@@ -28,29 +33,58 @@ from torch import nn
 from . import simulate
 
 
+class Work:
+    """Compute instead of a sleep: ``Work(unit)(seconds)`` runs as many of one fixed
+    one-thread matrix product as take ``seconds`` on this process alone (``unit``: one
+    product's seconds, ``calibrate``), so that the cores are busy and another process
+    computing at once, or a transport's thread, makes it last longer."""
+
+    a, b = torch.ones(128, 256), torch.ones(256, 256)
+
+    def __init__(self, unit):
+        self.unit = unit
+
+    def __call__(self, seconds):
+        for _ in range(round(seconds / self.unit)):
+            torch.mm(self.a, self.b)
+
+    @classmethod
+    def calibrate(cls, seconds=0.3):
+        """One product's seconds, the mean over ``seconds`` of them (after a few unmeasured)."""
+        for _ in range(20):
+            torch.mm(cls.a, cls.b)
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(cls.a, cls.b)
+            count += 1
+        return (time.perf_counter() - t0) / count
+
+
 class _Sleep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, forward_s, backward_s):
-        time.sleep(forward_s)
-        ctx.backward_s = backward_s
+    def forward(ctx, x, weight, forward_s, backward_s, pause):
+        pause(forward_s)
+        ctx.backward_s, ctx.pause, ctx.shape = backward_s, pause, weight.shape
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        time.sleep(ctx.backward_s)
-        return grad, None, None
+        ctx.pause(ctx.backward_s)
+        return grad, grad.new_zeros(ctx.shape), None, None, None
 
 
 class SleepLayer(nn.Module):
-    """Passes its input on, sleeping ``forward_s`` forward and ``backward_s`` backward."""
+    """Passes its input on, sleeping (or ``pause``: ``Work``) ``forward_s`` forward and
+    ``backward_s`` backward; its parameter of ``params`` floats gets a gradient of zeros
+    (the schedule's gradient bookkeeping, DDP's all-reduce)."""
 
-    def __init__(self, forward_s, backward_s):
+    def __init__(self, forward_s, backward_s, pause=time.sleep, params=1):
         super().__init__()
-        self.forward_s, self.backward_s = forward_s, backward_s
-        self.scale = nn.Parameter(torch.ones(()))  # a parameter, for the schedule's gradient bookkeeping
+        self.forward_s, self.backward_s, self.pause = forward_s, backward_s, pause
+        self.weight = nn.Parameter(torch.ones(params))
 
     def forward(self, x):
-        return _Sleep.apply(x * self.scale, self.forward_s, self.backward_s)  # on stage 0 too: a parameter before it
+        return _Sleep.apply(x, self.weight, self.forward_s, self.backward_s, self.pause)
 
 
 def _now(gen):
@@ -60,9 +94,10 @@ def _now(gen):
     return run_alone(gen)
 
 
-def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives):
-    """Our pipeline's stage ``ctx.rank`` with sleeping compute; rank 0 returns the seconds
-    from the first batch to the last stage's end (every rank's end, by a barrier)."""
+def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=time.sleep):
+    """Our pipeline's stage ``ctx.rank`` with sleeping compute (or ``pause``); rank 0
+    returns the seconds from the first batch to the last stage's end (every rank's end,
+    by a barrier)."""
     from synthetic.profile import StageProfile
     from synthetic.transport import PointToPoint
 
@@ -81,7 +116,7 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives):
         if kind == "F":
             if s > 0:
                 state, labels = _now(transport.recv_state(j, batch))
-            time.sleep(me.forward)
+            pause(me.forward)
             if s < m - 1:
                 transport.send_state(j, (torch.zeros(batch, out_w),), labels)
                 if receives:
@@ -89,28 +124,28 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives):
         elif kind == "B":
             if s < m - 1 and receives:
                 _now(transport.recv_grad(j))
-            time.sleep(me.backward + (me.extra if s < m - 1 else 0.0))
+            pause(me.backward + (me.extra if s < m - 1 else 0.0))
             if s > 0 and receives:
                 transport.send_grad(j, (torch.zeros(batch, in_w),))
         else:
-            time.sleep(me.step)
+            pause(me.step)
     transport.flush()
     dist.barrier()
     return time.perf_counter() - t0 if ctx.is_main else None
 
 
-def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order):
+def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=time.sleep):
     """torch's ScheduleGPipe or Schedule1F1B over sleeping stages (each stage one
-    SleepLayer of its micro-batch durations, then its step's sleep); rank 0 returns the
-    seconds of ``batches`` batches after a first one (in which the stages run their
-    forward once more to infer the shapes they receive)."""
+    SleepLayer of its micro-batch durations, then its step's sleep; or ``pause``); rank 0
+    returns the seconds of ``batches`` batches after a first one (in which the stages run
+    their forward once more to infer the shapes they receive)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
     s, m = ctx.rank, ctx.world_size
     me = stages[s]
     width = max(me.out_bytes // (4 * (batch // microbatches)), 1)
     in_width = max(stages[s - 1].out_bytes // (4 * (batch // microbatches)), 1) if s > 0 else width
-    body = nn.Sequential(SleepLayer(me.forward, me.backward), _Resize(width))
+    body = nn.Sequential(SleepLayer(me.forward, me.backward, pause), _Resize(width))
     stage = PipelineStage(body, s, m, torch.device("cpu"), input_args=(torch.zeros(batch // microbatches,
                                                                                     in_width),))
     kind = ScheduleGPipe if order == "gpipe" else Schedule1F1B
@@ -126,7 +161,28 @@ def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order):
             schedule.step(target=y)
         else:
             schedule.step()
-        time.sleep(me.step)
+        pause(me.step)
+    dist.barrier()
+    return time.perf_counter() - t0 if ctx.is_main else None
+
+
+def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
+    """torch's DistributedDataParallel over sleeping layers (one SleepLayer a layer, its
+    parameter the layer's size, so that its gradients fill DDP's buckets as the layer's
+    would; or ``pause``), each batch's step the layers' steps' sleep; rank 0 returns the
+    seconds of ``batches`` batches after a first one."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = DistributedDataParallel(nn.Sequential(*(SleepLayer(c.forward, c.backward, pause, max(c.param_bytes // 4, 1))
+                                                    for c in layers)))
+    x, step = torch.zeros(batch, 1), sum(c.step for c in layers)
+    for k in range(batches + 1):  # the first batch untimed: DDP builds its buckets in it
+        if k == 1:
+            dist.barrier()
+            t0 = time.perf_counter()
+        model(x).sum().backward()
+        pause(step)
+        model.zero_grad(set_to_none=False)
     dist.barrier()
     return time.perf_counter() - t0 if ctx.is_main else None
 
@@ -157,26 +213,62 @@ def with_overhead(stages, overhead):
         if overhead else stages
 
 
-def sleep_timeline(trainer, stages, batches, link, *, microbatches=4, delays=None, receives=True):
-    """The simulated Timeline (not yet run) of ``trainer``'s schedule over ``stages``."""
+def sleep_timeline(trainer, stages, batches, link, *, microbatches=4, delays=None, receives=True, host_comm=False):
+    """The simulated Timeline (not yet run) of ``trainer``'s schedule over ``stages`` (for
+    ddp: its layers, on 2 devices; ``host_comm``: its all-reduce on the device's cores)."""
+    if trainer == "ddp":
+        return simulate.ddp(stages, batches, 2, link, host_comm=host_comm)
     if trainer in ("gpipe", "1f1b"):
         return simulate.synchronous_pipeline(stages, batches, microbatches, link, trainer)
     return simulate.decoupled_pipeline(stages, batches, delays, link, receives)
+
+
+def busy_worker(ctx, fn, *args):
+    """``fn`` (``pipeline_sleep_worker`` or ``peer_sleep_worker``) on stages that compute
+    (``Work``) instead of sleeping: each rank calibrates its product alone in turn, then
+    every rank computes at once (their sharing factor: the mean over the ranks of that
+    work's seconds over what it took alone), then the schedule runs; rank 0 returns
+    (seconds, sharing factor)."""
+    import torch.distributed as dist
+
+    unit = None
+    for r in range(ctx.world_size):
+        dist.barrier()
+        if ctx.rank == r:
+            unit = Work.calibrate()
+    dist.barrier()
+    work, t0 = Work(unit), time.perf_counter()
+    work(0.5)
+    sharing = torch.tensor((time.perf_counter() - t0) / 0.5, dtype=torch.float64)
+    dist.all_reduce(sharing)
+    seconds = fn(ctx, *args, work)
+    return (seconds, sharing.item() / ctx.world_size) if ctx.is_main else None
+
+
+def measure_sleep(trainer, stages, batches, batch, *, microbatches=4, delays=None, receives=True, busy=False):
+    """(seconds, sharing factor) of ``trainer``'s sleep workload (gpipe, 1f1b, a pipeline
+    with ``delays`` over len(stages) processes, or ddp over ``stages`` as its layers on 2);
+    with ``busy``, its stages compute (``busy_worker``), else they sleep (sharing factor 1)."""
+    from .launch import launch
+
+    if trainer == "ddp":
+        fn, args = ddp_sleep_worker, (stages, batches, batch)
+    elif trainer in ("gpipe", "1f1b"):
+        fn, args = peer_sleep_worker, (stages, batches, batch, microbatches, trainer)
+    else:
+        fn, args = pipeline_sleep_worker, (stages, batches, batch, delays, receives)
+    m = 2 if trainer == "ddp" else len(stages)
+    if busy:
+        return launch(busy_worker, m, (fn, *args), threads=1, device="cpu", timeout_s=600)
+    return launch(fn, m, args, threads=1, device="cpu", timeout_s=600), 1.0
 
 
 def run_sleep(trainer, stages, batches, batch, link, *, microbatches=4, delays=None, receives=True, overhead=0.0):
     """(measured seconds, forecast seconds) of the sleep workload of ``trainer`` (gpipe,
     1f1b, or a pipeline with ``delays``) over len(stages) processes; the forecast with
     ``overhead`` seconds of the schedule's own work per forward and backward operation."""
-    from .launch import launch
-
-    m = len(stages)
-    if trainer in ("gpipe", "1f1b"):
-        measured = launch(peer_sleep_worker, m, (stages, batches, batch, microbatches, trainer), threads=1,
-                          device="cpu", timeout_s=600)
-    else:
-        measured = launch(pipeline_sleep_worker, m, (stages, batches, batch, delays, receives), threads=1,
-                          device="cpu", timeout_s=600)
+    measured, _ = measure_sleep(trainer, stages, batches, batch, microbatches=microbatches, delays=delays,
+                                receives=receives)
     tl = sleep_timeline(trainer, with_overhead(stages, overhead), batches, link, microbatches=microbatches,
                         delays=delays, receives=receives)
     return measured, tl.run().makespan

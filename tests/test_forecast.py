@@ -112,23 +112,32 @@ def test_gpipe_pays_for_its_micro_batches_and_each_schedule_for_its_own_work_per
 
 def test_a_schedules_own_work_an_operation_makes_its_idle_schedule_last_as_measured():
     """GPipe at 4 micro-batches over 2 idle stages on a free link: o a forward or backward
-    makes 10 (4 + 1 forwards, 4 + 1 backwards) a batch on the critical path."""
+    makes 10 (4 + 1 forwards, 4 + 1 backwards) a batch on the critical path; DDP's every
+    layer's forward and backward."""
     from harness.forecast import overhead_for
 
     idle = [StageCost(0.0, 0.0), StageCost(0.0, 0.0)]
     assert overhead_for("gpipe", idle, 5, LINKS["free"], 5 * 10 * 0.002, microbatches=4) == pytest.approx(0.002)
     assert overhead_for("pipeline", idle, 5, LINKS["free"], 0.5, delays=[1, 1]) > 0
     assert overhead_for("pipeline", [StageCost(1.0, 1.0)] * 2, 5, LINKS["free"], 0.5, delays=[1, 1]) == 0.0
+    # DDP, 2 layers: 4 operations a step, its two devices' compute 1.1x slower together
+    layers = [StageCost(1.0, 1.0)] * 2
+    assert overhead_for("ddp", layers, 5, LINKS["free"], 5 * (4 * 1.1 + 4 * 0.1), 1.1) == pytest.approx(0.1)
 
 
 @pytest.mark.slow
-def test_two_idle_processes_measure_each_schedules_own_work(gloo_link):
+@pytest.mark.parametrize("busy", [False, True])
+def test_two_processes_measure_each_schedules_own_work_idle_and_computing(gloo_link, busy):
+    """Stages that do nothing, or that compute the profile's durations (2 and 4 ms a layer);
+    DDP all-reduces gradients of its layers' sizes."""
     from harness.forecast import measure_overheads
 
-    profile = Profile({64: LayerTimes([1.0] * 4, [1.0] * 4, [0.0] * 4)}, [4 * 64] * 5, [1000] * 4)
-    found = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b"], gloo_link, 64, 4, batches=20,
-                              rounds=1, log=lambda s: None)
-    assert set(found) == {"pipeline", "1f1b"} and all(0 < o < 0.05 for o in found.values())
+    t = LayerTimes([0.002] * 4, [0.004] * 4, [0.0] * 4)
+    profile = Profile({64: t, 32: t, 16: t}, [4 * 64] * 5, [1000] * 4)
+    found = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b", "ddp"], gloo_link, 64, 4, batches=20,
+                              rounds=1, busy=busy, log=lambda s: None)
+    assert set(found) == {"pipeline", "1f1b", "ddp"} and all(0 <= o < 0.05 for o in found.values())
+    assert found["pipeline"] > 0
 
 
 def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
@@ -207,3 +216,18 @@ def test_a_validation_row_forecasts_its_run_at_the_machines_speed_around_it():
     assert row["forecast_at_profile_pace_s"] == pytest.approx(6.0)
     assert row["forecast_epoch_s"] == pytest.approx(7.2) and row["error"] == pytest.approx(0.2)
     assert row["measured_epoch_s"] == pytest.approx(6.0) and row["first_epoch_s"] == pytest.approx(9.0)
+
+
+def test_devices_in_lock_step_wait_for_the_slower_step_the_profile_measured():
+    """Hand-made profile whose steps take 0.8 or 1.2 times their mean: one device's epoch is
+    the mean's; DDP's two devices wait for the slower each batch (1.2 with probability 3/4:
+    1.1 times the mean); a decoupled pipeline's slack absorbs most of it."""
+    t = LayerTimes([1.0] * 4, [2.0] * 4, [0.0] * 4)
+    profile = Profile({64: t, 32: t}, [4 * 64] * 5, [1000] * 4, variation={64: (0.8, 1.2), 32: (0.8, 1.2)})
+    add_rule(profile, Costs([3.0] * 4, cuts={}, layer_extra=[]), "local", 2)
+    kw = {"batch": 64, "batches": 400, "link": LINKS["free"]}
+    for trainer, m, slower in (("bp-1t", 1, 1.0), ("ddp", 2, 1.1)):
+        varied, mean = (forecast(profile, trainer, m, vary=v, **kw)["epoch_s"] for v in (True, False))
+        assert varied == pytest.approx(slower * mean, rel=0.03)
+    local = [forecast(profile, "pipeline-local", 2, vary=v, **kw)["epoch_s"] for v in (True, False)]
+    assert local[0] < 1.05 * local[1]

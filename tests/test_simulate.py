@@ -58,3 +58,28 @@ def test_devices_sharing_a_host_slow_down_only_while_both_compute():
     alone = decoupled_pipeline(stages, 200, [1, 1], FREE).run().makespan  # both compute all the time
     shared = decoupled_pipeline(stages, 200, [1, 1], FREE).run_sharing(1.5).makespan
     assert shared == pytest.approx(1.5 * alone, rel=0.02)
+
+
+def test_a_devices_work_on_a_batch_varies_by_one_draw_and_lock_step_takes_the_slowest():
+    """``vary``: every operation of one batch on one device (not an all-reduce) is scaled by
+    one factor drawn from the ratios; one device standing for many takes the largest draw."""
+    import random
+
+    from harness.simulate import vary
+
+    layers = [StageCost(forward=0.01, backward=0.02, param_bytes=100)] * 3
+    tl = ddp(layers, 50, 2, LINKS["free"], host_comm=True)
+    base = [op.duration for op in tl.ops]
+    vary(tl, base, (0.5, 1.5), random.Random(0))
+    factors = {}
+    for op, d in zip(tl.ops, base):
+        if op.name.startswith("allreduce"):
+            assert op.duration == d
+        elif d:
+            factors.setdefault(op.args["batch"], set()).add(round(op.duration / d, 9))
+    assert all(len(f) == 1 for f in factors.values())  # one draw a batch
+    assert {f.pop() for f in factors.values()} == {0.5, 1.5}
+    vary(tl, base, (0.5, 1.5), random.Random(0), slowest_of=64)
+    assert all(op.duration == pytest.approx(1.5 * d) for op, d in zip(tl.ops, base) if op.name[0] in "fb")
+    vary(tl, base, None, random.Random(0))
+    assert [op.duration for op in tl.ops] == base
