@@ -8,10 +8,11 @@ parameters; for GPipe and 1F1B at each micro-batch size, a backward pass into gr
 that already hold earlier micro-batches' against one into fresh ones, and the division
 of the gradients that torch's schedules make after the last (``Microbatching``); and,
 with SCHEDULE_OVERHEAD, each schedule's own host work per forward or backward operation
-(``measure_overheads``: two processes whose stages do nothing, over gloo), added to
-every operation it runs.  A rule's extra work at a stage is what the balancer measures for it
-(``synthetic.balance.measure_costs``: its module or head at the cut, its further
-passes).  Cuts are the balancer's
+(``measure_overheads``: two processes whose stages do nothing, over gloo; DDP's too),
+added to every operation it runs; and each step's seconds over the mean step's
+(``variation``), from which each device's work on a batch is drawn.  A rule's extra
+work at a stage is what the balancer measures for it (``synthetic.balance.measure_costs``:
+its module or head at the cut, its further passes).  Cuts are the balancer's
 (``balanced_bounds``) on the rule's costs.
 
 ``forecast`` turns the profile into each stage's costs (``simulate.StageCost``), runs the
@@ -617,11 +618,12 @@ def sharing_factor(net, x, y, processes=2, rounds=3):
     """How much slower a step's compute is when ``processes`` one-thread processes compute
     at once than when one computes alone: the median over ``rounds`` of the ratio of the
     mean step times together and alone (each over a couple of seconds of steps, taken in
-    turn by the same processes, so that a drift of the machine's speed falls on both)."""
+    turn by the same processes, so that a drift of the machine's speed falls on both),
+    at least 1 (processes do not speed each other up: a ratio below 1 is the drift)."""
     from .launch import launch
 
     pairs = launch(sharing_worker, processes, (net, x, y, rounds), threads=1, device="cpu")
-    return statistics.median(together / alone for alone, together in pairs)
+    return max(statistics.median(together / alone for alone, together in pairs), 1.0)
 
 
 def machine_pace(net, x, y):

@@ -223,12 +223,8 @@ def sleep_timeline(trainer, stages, batches, link, *, microbatches=4, delays=Non
     return simulate.decoupled_pipeline(stages, batches, delays, link, receives)
 
 
-def busy_worker(ctx, fn, *args):
-    """``fn`` (``pipeline_sleep_worker`` or ``peer_sleep_worker``) on stages that compute
-    (``Work``) instead of sleeping: each rank calibrates its product alone in turn, then
-    every rank computes at once (their sharing factor: the mean over the ranks of that
-    work's seconds over what it took alone), then the schedule runs; rank 0 returns
-    (seconds, sharing factor)."""
+def _alone_in_turn(ctx):
+    """One product's seconds on this rank (``Work.calibrate``), each rank alone in turn."""
     import torch.distributed as dist
 
     unit = None
@@ -237,12 +233,30 @@ def busy_worker(ctx, fn, *args):
         if ctx.rank == r:
             unit = Work.calibrate()
     dist.barrier()
-    work, t0 = Work(unit), time.perf_counter()
+    return unit
+
+
+def busy_worker(ctx, fn, *args):
+    """``fn`` (``pipeline_sleep_worker``, ``peer_sleep_worker``, ``ddp_sleep_worker``) on
+    stages that compute (``Work``) instead of sleeping: each rank calibrates its product
+    alone in turn, then every rank computes at once (their sharing factor: the mean over
+    the ranks of that work's seconds over what it took alone, at least 1), then the
+    schedule runs, then each rank calibrates alone again; rank 0 returns (seconds,
+    sharing factor), the seconds over the machine's drift during the run (the mean of the
+    two calibrations over the first, the ranks' mean), as the ranks' work lasted that
+    much longer than the durations it stood for."""
+    import torch.distributed as dist
+
+    before = _alone_in_turn(ctx)
+    work, t0 = Work(before), time.perf_counter()
     work(0.5)
-    sharing = torch.tensor((time.perf_counter() - t0) / 0.5, dtype=torch.float64)
-    dist.all_reduce(sharing)
+    sharing = (time.perf_counter() - t0) / 0.5
     seconds = fn(ctx, *args, work)
-    return (seconds, sharing.item() / ctx.world_size) if ctx.is_main else None
+    drift = (before + _alone_in_turn(ctx)) / 2 / before
+    out = torch.tensor([sharing, drift], dtype=torch.float64)
+    dist.all_reduce(out)
+    sharing, drift = (out / ctx.world_size).tolist()
+    return (seconds / drift, max(sharing, 1.0)) if ctx.is_main else None
 
 
 def measure_sleep(trainer, stages, batches, batch, *, microbatches=4, delays=None, receives=True, busy=False):
