@@ -231,6 +231,7 @@ class ForecastRun(NetworkFields, RunConfig):
     VALIDATE_PARTS: str = "real,sleep"
     REPEATS: int = 5
     SCHEDULE_OVERHEAD: bool = True
+    VARY: bool = True
     EPOCHS: int = 0
     LEARN_RATE: float = 1e-3
     TARGET_POINTS: float = 0.5

@@ -566,10 +566,10 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
     return out
 
 
-def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0):
+def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0, vary=True):
     """{trainer: {M: {epoch_s, busy, memory_mb, delays}}}."""
     return {t: {m: forecast(profile, t, m, batch=batch, batches=batches, link=link, microbatches=microbatches,
-                            max_in_flight=max_in_flight) for m in devices} for t in names}
+                            max_in_flight=max_in_flight, vary=vary) for m in devices} for t in names}
 
 
 def format_table(table, devices):
@@ -892,7 +892,8 @@ def forecast_main(cfg):
         here = links[0] if cfg.LINK == "measured" else measure_link()[0]
     if cfg.SCHEDULE_OVERHEAD:
         profile.overhead = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
-    kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight}
+    kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight,
+          "vary": cfg.VARY}
     tables = {}
     for link in links:
         tables[link.name] = forecast_table(profile, names, devices, batches=batches, **{**kw, "link": link})

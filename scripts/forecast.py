@@ -15,7 +15,7 @@ pipeline's rules at M stages), against the forecast seconds of those epochs
 (forecast_race.png, one panel per M; the forecast time to the target).  VALIDATE = 1
 measures every trainer on 1 and 2 processes here (each run forecast at the machine's
 speed timed just before and after it), and a sleep workload on 4, 8 and 16, against
-its forecast (about 30 minutes on 2 cores: 23 the real work, 7 the sleep workload).
+its forecast (about 35 minutes on 2 cores: 28 the real work, 7 the sleep workload).
 
 Trainers: bp-1t, bp-all (backprop, one device), ddp, gpipe, 1f1b (torch), and
 pipeline-<rule> (our pipeline, one stage a device, each stage at the delay that keeps
@@ -50,6 +50,7 @@ VALIDATE_SAMPLES = 2048  # training images of each of a validation run's 4 epoch
 VALIDATE_PARTS = "real,sleep"  # real: every trainer on 1 and 2 processes; sleep: the sleep workload on 4, 8, 16
 REPEATS = 5  # rounds of the profile's timings (medians)
 SCHEDULE_OVERHEAD = True  # add each schedule's own work an operation, measured on 2 idle processes (a few seconds)
+VARY = True  # each device's work a batch drawn from the profile's step-to-step variation (False: mean durations)
 EPOCHS = 0  # > 0: the forecast race, each trainer's accuracy per epoch (trained here) against forecast time
 LEARN_RATE = 1e-3  # the forecast race: learning rate (Adam) of every trainer
 SG_LEARN_RATE = 3e-4  # the forecast race, synthetic rule: learning rate of the modules
