@@ -62,7 +62,7 @@ class Profile:
     costs: dict = field(default_factory=dict)  # rule -> its Costs (measure_costs), for its extra work
     bounds: dict = field(default_factory=dict)  # (rule, M) -> the cuts: the balancer's, or a run's own
     microbatch: dict = field(default_factory=dict)  # micro-batch size -> Microbatching (GPipe, 1F1B)
-    overhead: dict = field(default_factory=dict)  # schedule (gpipe, 1f1b, pipeline) -> its seconds an operation
+    overhead: dict = field(default_factory=dict)  # schedule (ddp, gpipe, 1f1b, pipeline) -> its seconds an operation
     variation: dict = field(default_factory=dict)  # batch size -> its steps' seconds over their mean (``variation``)
 
     def extra(self, rule, m):
