@@ -45,7 +45,7 @@ from synthetic.rules import delay, rule_class
 from . import simulate
 from .race import threads
 from .simulate import LINKS, Link, StageCost
-from .sleep_workload import with_overhead
+from .sleep_workload import SleepRun, with_overhead
 
 FORECAST_TRAINERS = ("bp-1t", "bp-all", "ddp", "gpipe", "1f1b")  # and pipeline-<rule>
 
@@ -308,16 +308,12 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
     tl, stages, stash, delays = _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight,
                                           host_comm=host is not None)
     lockstep = trainer == "ddp" and m > 1  # one device simulated: every device computes alike
-    base = [op.duration * (pace if op.resource.startswith("device") else 1.0)
-            * (host if host is not None and lockstep and op.name[0] in "fb" else 1.0) for op in tl.ops]
+    base = [op.duration * (pace if op.resource.startswith("device") else 1.0) for op in tl.ops]
     ratios = profile.variation.get(per_device_batches(trainer, batch, m, microbatches)[0]) if vary else None
     rng, spans = random.Random(0), []
     for _ in range(math.ceil(VARIED_BATCHES / batches) if ratios else 1):
         simulate.vary(tl, base, ratios, rng, m if lockstep else 1)
-        if host is not None and not lockstep:
-            tl.run_sharing(host)
-        else:
-            tl.run()
+        tl.run() if host is None else tl.run_sharing(host, alike=lockstep)
         spans.append(tl.makespan)
     devices, last = tl.devices(), tl.makespan
     memory = [_memory_mb(stages[k], max(simulate.in_flight(tl, d), 1), stash)
@@ -504,19 +500,15 @@ def schedules_of(names):
     return sorted({schedule_of(t) for t in names} - {None})
 
 
-def overhead_for(schedule, stages, batches, link, measured, sharing=1.0, **kw):
-    """The seconds o that, added to every forward and backward of ``schedule`` over
-    ``stages`` (``sleep_timeline``; their compute ``sharing`` times slower while both
-    compute, ``Timeline.run_sharing``), make ``batches`` batches take ``measured``
-    seconds (bisection: the span grows with o; 0 when even o = 0 takes longer)."""
-    from .sleep_workload import sleep_timeline
-
-    if schedule == "ddp":  # one device simulated for both, which compute all along
-        stages, sharing = [dataclasses.replace(c, forward=c.forward * sharing, backward=c.backward * sharing)
-                           for c in stages], 1.0
-
+def overhead_for(run, link, measured, sharing=1.0, host_comm=False):
+    """The seconds o that, added to every forward and backward of the SleepRun ``run``
+    (``SleepRun.timeline``; their compute ``sharing`` times slower while others compute,
+    ``Timeline.run_sharing``: DDP's two devices, simulated as one, all along), make it
+    take ``measured`` seconds (bisection: the span grows with o; 0 when even o = 0
+    takes longer)."""
     def span(o):
-        return sleep_timeline(schedule, with_overhead(stages, o), batches, link, **kw).run_sharing(sharing).makespan
+        tl = run.timeline(link, o, host_comm=host_comm)
+        return tl.run_sharing(sharing, alike=run.schedule == "ddp").makespan
 
     lo, hi = 0.0, measured
     for _ in range(40 if span(0.0) < measured else 0):
@@ -524,46 +516,52 @@ def overhead_for(schedule, stages, batches, link, measured, sharing=1.0, **kw):
     return lo
 
 
+def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=0, busy=False):
+    """The SleepRun that measures ``schedule``'s own work on 2 processes: the profile's
+    states at an even cut (DDP: its layers' sizes at batch / 2 a device), its stages
+    computing their durations with ``busy``, else doing nothing."""
+    if schedule == "ddp":
+        layers = ddp_layers(profile, batch // 2)
+        return SleepRun("ddp", layers if busy else [StageCost(0.0, 0.0, param_bytes=c.param_bytes) for c in layers],
+                        batches, batch)
+    cut = profile.n_layers // 2
+    mbs = 1 if schedule == "pipeline" else microbatches_of(schedule, 2, microbatches)
+    stages = stage_costs(profile, [(0, cut), (cut, profile.n_layers)], batch // mbs, microbatches=mbs) if busy \
+        else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * (batch // mbs)), StageCost(0.0, 0.0)]
+    if schedule == "pipeline":
+        return SleepRun("pipeline", stages, batches, batch, delays=tuple(delay(max_in_flight, s, 2) for s in range(2)))
+    return SleepRun(schedule, stages, batches, batch, microbatches=mbs)
+
+
 def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, rounds=3, busy=False,
-                      log=print):
-    """{schedule: seconds of its own work per forward or backward operation} for each
-    schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our pipeline):
-    its sleep workload (``harness.sleep_workload``) on 2 processes over ``link``'s
-    transport (gloo here) for ``batches`` batches of ``batch``, sending the profile's
-    states at an even cut (DDP: all-reducing gradients of its layers' sizes), and the
-    seconds o that make the simulated schedule, every forward and backward o longer,
-    take as long (bisection), the median over ``rounds`` runs (a stall of a few
-    milliseconds moves one run by half).  Its stages do nothing, or with ``busy`` compute the
-    profile's durations (``harness.sleep_workload.Work``, their sharing of the cores
-    measured in the same run; DDP's all-reduce on those cores).  That is the host's work
-    of splitting, queueing, receiving, bucketing and bookkeeping that a profile of the
-    layers does not hold, on idle cores (a device's host) or on the cores the processes
-    compute on (two processes on this machine, whose transports' threads take their
-    compute's cores)."""
+                      log=print, before=None):
+    """({schedule: seconds of its own work per forward or backward operation}, before's
+    value) for each schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our
+    pipeline): its sleep workload (``own_work_run``) for ``batches`` batches of ``batch``
+    on 2 processes over ``link``'s transport (gloo here), and the seconds o that make the
+    simulated schedule, every forward and backward o longer, take as long
+    (``overhead_for``), the median over ``rounds`` runs (a stall of a few milliseconds
+    moves one run by half).  Every run, and ``before`` (fn, *args; ``sharing_worker``),
+    share one group of processes (``measure_sleep``).  Its stages do nothing, or with
+    ``busy`` compute the profile's durations (``harness.sleep_workload.Work``, their
+    sharing of the cores measured in the same run; DDP's all-reduce on those cores).
+    That is the host's work of splitting, queueing, receiving, bucketing and bookkeeping
+    that a profile of the layers does not hold, on idle cores (a device's host) or on
+    the cores the processes compute on (two processes on this machine, whose
+    transports' threads take their compute's cores)."""
     from .sleep_workload import measure_sleep
 
-    cut = profile.n_layers // 2
-    out = {}
-    for schedule in schedules_of(names):
-        sim = {}  # what only the simulation takes
-        if schedule == "ddp":
-            kw, sim, stages = {}, {"host_comm": busy}, ddp_layers(profile, batch // 2)
-            if not busy:
-                stages = [StageCost(0.0, 0.0, param_bytes=c.param_bytes) for c in stages]
-        else:
-            if schedule == "pipeline":
-                kw, size, mbs = {"delays": [delay(max_in_flight, s, 2) for s in range(2)], "receives": True}, batch, 1
-            else:
-                mbs = microbatches_of(schedule, 2, microbatches)
-                kw, size = {"microbatches": mbs}, batch // mbs
-            stages = stage_costs(profile, [(0, cut), (cut, profile.n_layers)], size, microbatches=mbs) if busy \
-                else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * size), StageCost(0.0, 0.0)]
-        out[schedule] = statistics.median(overhead_for(schedule, stages, batches, link, *measure_sleep(
-            schedule, stages, batches, batch, busy=busy, **kw), **kw, **sim) for _ in range(rounds))
+    schedules = schedules_of(names)
+    runs = [own_work_run(profile, s, batch, batches, microbatches, max_in_flight, busy) for s in schedules] * rounds
+    head, measured = measure_sleep(runs, busy, before) if runs or before else (None, [])
+    found = {}
+    for run, (seconds, sharing) in zip(runs, measured):
+        found.setdefault(run.schedule, []).append(overhead_for(run, link, seconds, sharing, host_comm=busy))
+    out = {s: statistics.median(v) for s, v in found.items()}
     if out:
         log(f"each schedule's own work an operation{' on busy cores' if busy else ''}: "
             + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in out.items()))
-    return out
+    return out, head
 
 
 def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0, vary=True):
@@ -587,6 +585,7 @@ def format_table(table, devices):
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
 BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
+SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
 
 
 def steady_epoch_s(curve):
@@ -597,33 +596,37 @@ def steady_epoch_s(curve):
     return statistics.median(b - a for a, b in zip(seconds[1:], seconds[2:]))
 
 
-def sharing_worker(ctx, net, x, y, rounds):
-    """Rounds of rank 0 timing backprop steps (``time_step``) alone while the others wait
-    at a barrier, then every rank at once: rank 0 returns [(alone, the ranks' mean
-    together)], seconds a step."""
+def sharing_worker(ctx, net, x, y, rounds, min_s=2.0):
+    """Rounds of rank 0 timing backprop steps (``time_step`` over ``min_s`` seconds) alone
+    while the others wait at a barrier, then every rank at once: rank 0 returns [(alone,
+    the ranks' mean together)], seconds a step."""
     import torch.distributed as dist
 
     out = []
     for _ in range(rounds):
         dist.barrier()
-        alone = sum(time_step(net, x, y)) if ctx.rank == 0 else 0.0
+        alone = sum(time_step(net, x, y, min_s=min_s)) if ctx.rank == 0 else 0.0
         dist.barrier()
-        mine = torch.tensor(sum(time_step(net, x, y)), dtype=torch.float64)
+        mine = torch.tensor(sum(time_step(net, x, y, min_s=min_s)), dtype=torch.float64)
         dist.all_reduce(mine)
         out.append((alone, mine.item() / ctx.world_size))
     return out if ctx.rank == 0 else None
 
 
+def sharing_of(pairs):
+    """How much slower a step's compute is when one-thread processes compute at once than
+    when one computes alone, from ``sharing_worker``'s pairs: the median of the ratio of
+    the mean step times together and alone (taken in turn by the same processes, so that
+    a drift of the machine's speed falls on both), at least 1 (processes do not speed
+    each other up: a ratio below 1 is the drift)."""
+    return max(statistics.median(together / alone for alone, together in pairs), 1.0)
+
+
 def sharing_factor(net, x, y, processes=2, rounds=3):
-    """How much slower a step's compute is when ``processes`` one-thread processes compute
-    at once than when one computes alone: the median over ``rounds`` of the ratio of the
-    mean step times together and alone (each over a couple of seconds of steps, taken in
-    turn by the same processes, so that a drift of the machine's speed falls on both),
-    at least 1 (processes do not speed each other up: a ratio below 1 is the drift)."""
+    """``sharing_of`` ``rounds`` of ``sharing_worker`` on ``processes`` one-thread processes."""
     from .launch import launch
 
-    pairs = launch(sharing_worker, processes, (net, x, y, rounds), threads=1, device="cpu")
-    return max(statistics.median(together / alone for alone, together in pairs), 1.0)
+    return sharing_of(launch(sharing_worker, processes, (net, x, y, rounds), threads=1, device="cpu"))
 
 
 def machine_pace(net, x, y):
@@ -656,8 +659,8 @@ def validate(cfg, link, log=print, save=None):
     and durations on busy cores (``measure_overheads``), over the measured link, at the
     machine's speed measured in this process just before and after each run
     (``machine_pace``; ``validation_row``), the devices sharing this machine's cores by
-    the factor measured once a workload (``sharing_factor``), DDP's all-reduce on the
-    cores."""
+    the factor measured once a workload in the own work's processes (``sharing_worker``,
+    ``sharing_of``), DDP's all-reduce on the cores."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race, run_trainer
@@ -678,16 +681,17 @@ def validate(cfg, link, log=print, save=None):
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            if cfg.SCHEDULE_OVERHEAD:  # the schedules' own work at this workload's messages, on busy cores
-                profile.overhead = measure_overheads(profile, names, link, batch, cfg.MICROBATCHES, in_flight,
-                                                     batches=BUSY_BATCHES, busy=True, log=log)
+            # the schedules' own work at this workload's messages on busy cores, and the cores' sharing
+            profile.overhead, pairs = measure_overheads(
+                profile, names if cfg.SCHEDULE_OVERHEAD else [], link, batch, cfg.MICROBATCHES, in_flight,
+                batches=BUSY_BATCHES, busy=True, log=log, before=(sharing_worker, net, x, y, 3, SHARING_S))
+            share = sharing_of(pairs)
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
                         microbatches=cfg.MICROBATCHES)
             kw = {"batch": batch, "batches": len(sub.y_train) // batch, "link": link, "microbatches": cfg.MICROBATCHES,
                   "max_in_flight": in_flight}
-            share = sharing_factor(net, x, y, 2)
             log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
             before = machine_pace(net, x, y)
             for t in names:
@@ -776,36 +780,39 @@ SLEEP_BATCHES = {"gpipe": 2, "1f1b": 2, "pipeline-exact": 3}  # batches a sleep 
 
 def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=None):
     """The sleep workload (``harness.sleep_workload``) of each pipeline trainer of
-    ``names`` on 4, 8 and 16 processes: the profile's stage durations, scaled so that the
-    shortest sleep is ``min_sleep_s``, measured against their forecast over ``link``."""
-    from .sleep_workload import run_sleep, scaled_stages
+    ``names`` on 4, 8 and 16 processes (one group of processes for every trainer at one
+    count): the profile's stage durations, scaled so that the shortest sleep is
+    ``min_sleep_s``, measured against their forecast over ``link``."""
+    from .sleep_workload import measure_sleep, scaled_stages
 
     rows = []
-    for t in [t for t in names if t in ("gpipe", "1f1b") or t.startswith("pipeline-")]:
-        for m in SLEEP_DEVICES:
-            if m > profile.n_layers:
-                continue
+    for m in (m for m in SLEEP_DEVICES if m <= profile.n_layers):
+        runs, scales = [], []
+        for t in [t for t in names if t in ("gpipe", "1f1b") or t.startswith("pipeline-")]:
             if t in ("gpipe", "1f1b"):
                 mbs = microbatches_of(t, m, cfg.MICROBATCHES)
-                stages = stage_costs(profile, balanced_layers(profile, m), cfg.BATCH_SIZE // mbs)
-                kw = {"microbatches": mbs}
+                stages, k = scaled_stages(stage_costs(profile, balanced_layers(profile, m), cfg.BATCH_SIZE // mbs),
+                                          min_sleep_s)
+                runs.append(SleepRun(t, stages, SLEEP_BATCHES[t], cfg.BATCH_SIZE, microbatches=mbs))
             else:
                 rule = _rule_of(t)
-                cls = rule_class(rule)
-                batch = cfg.BATCH_SIZE
                 bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
-                stages = stage_costs(profile, bounds, batch, profile.extra(rule, m))
-                kw = {"delays": [0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
-                                 for s in range(m)], "receives": cls.receives_gradients}
-            stages, k = scaled_stages(stages, min_sleep_s)
-            measured, predicted = run_sleep(t, stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, link, **kw,
-                                            overhead=profile.overhead.get(schedule_of(t), 0.0))
-            row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": measured,
-                   "forecast_epoch_s": predicted, "error": predicted / measured - 1}
+                stages, k = scaled_stages(stage_costs(profile, bounds, cfg.BATCH_SIZE, profile.extra(rule, m)),
+                                          min_sleep_s)
+                delays = tuple(0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
+                               for s in range(m))
+                runs.append(SleepRun("pipeline", stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, delays=delays,
+                                     receives=rule_class(rule).receives_gradients))
+            scales.append((t, k))
+        _, measured = measure_sleep(runs) if runs else (None, [])
+        for run, (t, k), (seconds, _) in zip(runs, scales, measured):
+            predicted = run.timeline(link, profile.overhead.get(schedule_of(t), 0.0)).run().makespan
+            row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": seconds,
+                   "forecast_epoch_s": predicted, "error": predicted / seconds - 1}
             rows.append(row)
             if save is not None:
                 save(rows)
-            log(f"  sleep x{k:<5.0f} {t:<20} M={m:<2}: measured {measured:6.2f} s, forecast {predicted:6.2f} s "
+            log(f"  sleep x{k:<5.0f} {t:<20} M={m:<2}: measured {seconds:6.2f} s, forecast {predicted:6.2f} s "
                 f"({row['error']:+.1%})")
     return rows
 
@@ -891,7 +898,7 @@ def forecast_main(cfg):
     if cfg.SCHEDULE_OVERHEAD or cfg.VALIDATE:
         here = links[0] if cfg.LINK == "measured" else measure_link()[0]
     if cfg.SCHEDULE_OVERHEAD:
-        profile.overhead = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
+        profile.overhead, _ = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
     kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight,
           "vary": cfg.VARY}
     tables = {}

@@ -123,25 +123,33 @@ class Timeline:
             raise RuntimeError(f"schedule deadlock: {stuck} wait for each other")
         return self
 
-    def run_sharing(self, factor, rounds=4):
+    def run_sharing(self, factor, rounds=4, alike=False):
         """``run``, with devices that share a host's cores: an operation on a device runs
         ``factor`` times slower while the other devices compute (its duration stretched by
         1 + (factor - 1) x the fraction of it that overlaps their work), by a fixed point
-        of a few passes.  ``factor`` is measured (two processes computing at once against
-        one alone), not fitted."""
+        of a few passes; with ``alike``, one device stands for several that compute the
+        same operations at the same times (DDP), so each of its operations that computes
+        overlaps theirs all along (``factor`` times slower).  ``factor`` is measured (two
+        processes computing at once against one alone), not fitted.  Messages and
+        all-reduces (``comm``) are not stretched: the link is measured with its processes
+        at once."""
         base = [op.duration for op in self.ops]
+        if alike:
+            for op in self.ops:
+                op.duration *= factor if _computes(op) else 1.0
+            return self.run()
         self.run()
         if factor == 1:
             return self
         for _ in range(rounds):
             busy = {}  # device -> its operations' (start, end), in time order
             for op in self.ops:
-                if op.resource.startswith("device") and op.duration > 0:
+                if _computes(op):
                     busy.setdefault(op.resource, []).append((op.start, op.end))
             for intervals in busy.values():
                 intervals.sort()
             for op, d in zip(self.ops, base):
-                if not op.resource.startswith("device") or op.duration == 0:
+                if not _computes(op):
                     continue
                 shared = sum(_overlap(op.start, op.end, busy[r]) for r in busy if r != op.resource)
                 op.duration = d * (1 + (factor - 1) * min(shared / op.duration, 1.0))
@@ -196,13 +204,18 @@ def vary(tl, durations, ratios, rng, slowest_of=1):
     ``ratios``, the durations as they are."""
     factors = {}
     for op, d in zip(tl.ops, durations):
-        if ratios and op.resource.startswith("device") and not op.name.startswith("allreduce"):
+        if ratios and op.resource.startswith("device") and not op.args.get("comm"):
             key = (op.resource, batch_of(op))
             if key not in factors:
                 factors[key] = max(rng.choice(ratios) for _ in range(slowest_of))
             d *= factors[key]
         op.duration = d
     return tl
+
+
+def _computes(op):
+    """Whether ``op`` is a device's compute: not a message, not an all-reduce (``comm``), not empty."""
+    return op.resource.startswith("device") and op.duration > 0 and not op.args.get("comm")
 
 
 def _overlap(start, end, intervals):
@@ -262,7 +275,7 @@ def ddp(layers, batches, m, link, bucket_bytes=25 * 2 ** 20, host_comm=False):
             filled += 1
             if pending >= bucket_bytes or j == 0:
                 reduces.append(tl.add(f"allreduce{b}.{j}", "device 0" if host_comm else "ring",
-                                      ring_allreduce_s(pending, m, link), (done,), batch=b, bytes=pending))
+                                      ring_allreduce_s(pending, m, link), (done,), batch=b, bytes=pending, comm=True))
                 pending = 0
         tl.add(f"step{b}", "device 0", sum(layer.step for layer in layers), reduces, batch=b)
     return tl

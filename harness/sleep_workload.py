@@ -17,13 +17,16 @@ process's own work per message (about a millisecond here) stays small beside its
 the durations are scaled so that the shortest sleep is ``min_sleep_s`` (100 ms in the
 validation), which keeps that work to about 1-2 % of a stage's time; the host's cores
 are not modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep workload
-beyond 2 processes.  With ``Work`` instead of sleeps (``busy_worker``) the stages
-compute, and a schedule's own work is measured on cores that its processes compute on.
+beyond 2 processes.  Every run times its batches after a first, untimed one (its
+processes' first messages and operations).  Several runs on one count of processes
+share one group of processes (``SleepRun``, ``measure_sleep``), which starts once.
+With ``Work`` instead of sleeps (``runs_worker``'s ``busy``) the stages compute, and a
+schedule's own work is measured on cores that its processes compute on.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -96,8 +99,9 @@ def _now(gen):
 
 def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=time.sleep):
     """Our pipeline's stage ``ctx.rank`` with sleeping compute (or ``pause``); rank 0
-    returns the seconds from the first batch to the last stage's end (every rank's end,
-    by a barrier)."""
+    returns the seconds of ``batches`` batches after a first one, alone (every process's
+    first messages and operations), from the first batch to the last stage's end (every
+    rank's end, by a barrier)."""
     from synthetic.profile import StageProfile
     from synthetic.transport import PointToPoint
 
@@ -108,28 +112,28 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=t
     out_w = width(me.out_bytes)
     transport = PointToPoint(s, m, 1, (in_w,), (out_w,), torch.device("cpu"), torch.float32,
                              StageProfile(torch.device("cpu")))
-    program = simulate.decoupled_programs(m, batches, delays, receives)[s]
     labels = torch.zeros(batch, dtype=torch.long)
-    dist.barrier()
-    t0 = time.perf_counter()
-    for kind, j in program:
-        if kind == "F":
-            if s > 0:
-                state, labels = _now(transport.recv_state(j, batch))
-            pause(me.forward)
-            if s < m - 1:
-                transport.send_state(j, (torch.zeros(batch, out_w),), labels)
-                if receives:
-                    transport.expect_grad(j, batch)
-        elif kind == "B":
-            if s < m - 1 and receives:
-                _now(transport.recv_grad(j))
-            pause(me.backward + (me.extra if s < m - 1 else 0.0))
-            if s > 0 and receives:
-                transport.send_grad(j, (torch.zeros(batch, in_w),))
-        else:
-            pause(me.step)
-    transport.flush()
+    for count in (1, batches):  # the first batch untimed
+        dist.barrier()
+        t0 = time.perf_counter()
+        for kind, j in simulate.decoupled_programs(m, count, delays, receives)[s]:
+            if kind == "F":
+                if s > 0:
+                    state, labels = _now(transport.recv_state(j, batch))
+                pause(me.forward)
+                if s < m - 1:
+                    transport.send_state(j, (torch.zeros(batch, out_w),), labels)
+                    if receives:
+                        transport.expect_grad(j, batch)
+            elif kind == "B":
+                if s < m - 1 and receives:
+                    _now(transport.recv_grad(j))
+                pause(me.backward + (me.extra if s < m - 1 else 0.0))
+                if s > 0 and receives:
+                    transport.send_grad(j, (torch.zeros(batch, in_w),))
+            else:
+                pause(me.step)
+        transport.flush()
     dist.barrier()
     return time.perf_counter() - t0 if ctx.is_main else None
 
@@ -213,16 +217,6 @@ def with_overhead(stages, overhead):
         if overhead else stages
 
 
-def sleep_timeline(trainer, stages, batches, link, *, microbatches=4, delays=None, receives=True, host_comm=False):
-    """The simulated Timeline (not yet run) of ``trainer``'s schedule over ``stages`` (for
-    ddp: its layers, on 2 devices; ``host_comm``: its all-reduce on the device's cores)."""
-    if trainer == "ddp":
-        return simulate.ddp(stages, batches, 2, link, host_comm=host_comm)
-    if trainer in ("gpipe", "1f1b"):
-        return simulate.synchronous_pipeline(stages, batches, microbatches, link, trainer)
-    return simulate.decoupled_pipeline(stages, batches, delays, link, receives)
-
-
 def _alone_in_turn(ctx):
     """One product's seconds on this rank (``Work.calibrate``), each rank alone in turn."""
     import torch.distributed as dist
@@ -236,53 +230,88 @@ def _alone_in_turn(ctx):
     return unit
 
 
-def busy_worker(ctx, fn, *args):
-    """``fn`` (``pipeline_sleep_worker``, ``peer_sleep_worker``, ``ddp_sleep_worker``) on
-    stages that compute (``Work``) instead of sleeping: each rank calibrates its product
-    alone in turn, then every rank computes at once (their sharing factor: the mean over
-    the ranks of that work's seconds over what it took alone, at least 1), then the
-    schedule runs, then each rank calibrates alone again; rank 0 returns (seconds,
-    sharing factor), the seconds over the machine's drift during the run (the mean of the
-    two calibrations over the first, the ranks' mean), as the ranks' work lasted that
-    much longer than the durations it stood for."""
-    import torch.distributed as dist
+@dataclass(frozen=True)
+class SleepRun:
+    """One schedule's sleep workload: ``schedule`` (pipeline: ours with ``delays`` and
+    whether its stages ``receives`` gradients; gpipe, 1f1b: torch's at ``microbatches``;
+    ddp: torch's DDP over ``stages`` as its layers, on 2 processes) over ``stages``
+    (StageCost), ``batches`` timed batches of ``batch``."""
 
-    before = _alone_in_turn(ctx)
-    work, t0 = Work(before), time.perf_counter()
-    work(0.5)
-    sharing = (time.perf_counter() - t0) / 0.5
-    seconds = fn(ctx, *args, work)
-    drift = (before + _alone_in_turn(ctx)) / 2 / before
-    out = torch.tensor([sharing, drift], dtype=torch.float64)
-    dist.all_reduce(out)
-    sharing, drift = (out / ctx.world_size).tolist()
-    return (seconds / drift, max(sharing, 1.0)) if ctx.is_main else None
+    schedule: str
+    stages: tuple
+    batches: int
+    batch: int
+    microbatches: int = 4
+    delays: tuple = None
+    receives: bool = True
+
+    @property
+    def processes(self):
+        return 2 if self.schedule == "ddp" else len(self.stages)
+
+    def __call__(self, ctx, pause=time.sleep):
+        """This rank's part (rank 0: the seconds), each stage's compute ``pause`` (a sleep, or ``Work``)."""
+        if self.schedule == "ddp":
+            return ddp_sleep_worker(ctx, self.stages, self.batches, self.batch, pause)
+        if self.schedule in ("gpipe", "1f1b"):
+            return peer_sleep_worker(ctx, self.stages, self.batches, self.batch, self.microbatches, self.schedule,
+                                     pause)
+        return pipeline_sleep_worker(ctx, self.stages, self.batches, self.batch, self.delays, self.receives, pause)
+
+    def timeline(self, link, overhead=0.0, host_comm=False):
+        """The simulated Timeline (not yet run) of this schedule, ``overhead`` seconds of its
+        own work added to every forward and backward (ddp: on 2 devices; ``host_comm``:
+        its all-reduce on the device's cores)."""
+        stages = with_overhead(self.stages, overhead)
+        if self.schedule == "ddp":
+            return simulate.ddp(stages, self.batches, 2, link, host_comm=host_comm)
+        if self.schedule in ("gpipe", "1f1b"):
+            return simulate.synchronous_pipeline(stages, self.batches, self.microbatches, link, self.schedule)
+        return simulate.decoupled_pipeline(stages, self.batches, self.delays, link, self.receives)
 
 
-def measure_sleep(trainer, stages, batches, batch, *, microbatches=4, delays=None, receives=True, busy=False):
-    """(seconds, sharing factor) of ``trainer``'s sleep workload (gpipe, 1f1b, a pipeline
-    with ``delays`` over len(stages) processes, or ddp over ``stages`` as its layers on 2);
-    with ``busy``, its stages compute (``busy_worker``), else they sleep (sharing factor 1)."""
+def runs_worker(ctx, runs, busy, before=None):
+    """``before`` (fn, *args: fn(ctx, *args), e.g. ``harness.forecast.sharing_worker``),
+    then every SleepRun of ``runs`` in turn in these processes; rank 0 returns (before's
+    value, [(seconds, sharing factor)] a run).  With ``busy`` the stages compute
+    (``Work``) instead of sleeping: each rank calibrates its product alone in turn, and
+    for each run every rank computes at once (their sharing factor: the mean over the
+    ranks of that work's seconds over what it took alone, at least 1), the schedule runs,
+    and each rank calibrates alone again; its seconds are divided by the machine's drift
+    during it (the mean of the two calibrations over the first, the ranks' mean), as the
+    ranks' work lasted that much longer than the durations it stood for."""
+    head = before[0](ctx, *before[1:]) if before else None
+    unit = _alone_in_turn(ctx) if busy else None
+    out = []
+    for run in runs:
+        if not busy:
+            out.append((run(ctx), 1.0))
+            continue
+        work, t0 = Work(unit), time.perf_counter()
+        work(0.5)
+        sharing = (time.perf_counter() - t0) / 0.5
+        seconds = run(ctx, work)
+        after = _alone_in_turn(ctx)
+        shared = torch.tensor([sharing, (unit + after) / 2 / unit], dtype=torch.float64)
+        dist.all_reduce(shared)
+        sharing, drift = (shared / ctx.world_size).tolist()
+        out.append((seconds / drift if ctx.is_main else None, max(sharing, 1.0)))
+        unit = after
+    return (head, out) if ctx.is_main else None
+
+
+def measure_sleep(runs, busy=False, before=None, processes=2):
+    """(before's value, [(seconds, sharing factor)] a run) of the SleepRuns ``runs`` (one
+    count of processes; ``processes`` when there are none) in one group of processes
+    (``runs_worker``); without ``busy`` the stages sleep and the sharing factors are 1."""
     from .launch import launch
 
-    if trainer == "ddp":
-        fn, args = ddp_sleep_worker, (stages, batches, batch)
-    elif trainer in ("gpipe", "1f1b"):
-        fn, args = peer_sleep_worker, (stages, batches, batch, microbatches, trainer)
-    else:
-        fn, args = pipeline_sleep_worker, (stages, batches, batch, delays, receives)
-    m = 2 if trainer == "ddp" else len(stages)
-    if busy:
-        return launch(busy_worker, m, (fn, *args), threads=1, device="cpu", timeout_s=600)
-    return launch(fn, m, args, threads=1, device="cpu", timeout_s=600), 1.0
+    (m,) = {run.processes for run in runs} or {processes}
+    return launch(runs_worker, m, (runs, busy, before), threads=1, device="cpu", timeout_s=600)
 
 
-def run_sleep(trainer, stages, batches, batch, link, *, microbatches=4, delays=None, receives=True, overhead=0.0):
-    """(measured seconds, forecast seconds) of the sleep workload of ``trainer`` (gpipe,
-    1f1b, or a pipeline with ``delays``) over len(stages) processes; the forecast with
+def run_sleep(run, link, overhead=0.0):
+    """(measured seconds, forecast seconds) of the SleepRun ``run``; the forecast with
     ``overhead`` seconds of the schedule's own work per forward and backward operation."""
-    measured, _ = measure_sleep(trainer, stages, batches, batch, microbatches=microbatches, delays=delays,
-                                receives=receives)
-    tl = sleep_timeline(trainer, with_overhead(stages, overhead), batches, link, microbatches=microbatches,
-                        delays=delays, receives=receives)
-    return measured, tl.run().makespan
+    _, ((measured, _),) = measure_sleep([run])
+    return measured, run.timeline(link, overhead).run().makespan

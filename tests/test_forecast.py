@@ -115,14 +115,16 @@ def test_a_schedules_own_work_an_operation_makes_its_idle_schedule_last_as_measu
     makes 10 (4 + 1 forwards, 4 + 1 backwards) a batch on the critical path; DDP's every
     layer's forward and backward."""
     from harness.forecast import overhead_for
+    from harness.sleep_workload import SleepRun
 
     idle = [StageCost(0.0, 0.0), StageCost(0.0, 0.0)]
-    assert overhead_for("gpipe", idle, 5, LINKS["free"], 5 * 10 * 0.002, microbatches=4) == pytest.approx(0.002)
-    assert overhead_for("pipeline", idle, 5, LINKS["free"], 0.5, delays=[1, 1]) > 0
-    assert overhead_for("pipeline", [StageCost(1.0, 1.0)] * 2, 5, LINKS["free"], 0.5, delays=[1, 1]) == 0.0
-    # DDP, 2 layers: 4 operations a step, its two devices' compute 1.1x slower together
+    free = LINKS["free"]
+    assert overhead_for(SleepRun("gpipe", idle, 5, 64, microbatches=4), free, 5 * 10 * 0.002) == pytest.approx(0.002)
+    assert overhead_for(SleepRun("pipeline", idle, 5, 64, delays=(1, 1)), free, 0.5) > 0
+    assert overhead_for(SleepRun("pipeline", [StageCost(1.0, 1.0)] * 2, 5, 64, delays=(1, 1)), free, 0.5) == 0.0
+    # DDP, 2 layers: 4 operations a step, each with its own work 1.1x slower with both devices computing
     layers = [StageCost(1.0, 1.0)] * 2
-    assert overhead_for("ddp", layers, 5, LINKS["free"], 5 * (4 * 1.1 + 4 * 0.1), 1.1) == pytest.approx(0.1)
+    assert overhead_for(SleepRun("ddp", layers, 5, 64), free, 5 * 4 * 1.1 * 1.1, 1.1) == pytest.approx(0.1)
 
 
 @pytest.mark.slow
@@ -134,10 +136,10 @@ def test_two_processes_measure_each_schedules_own_work_idle_and_computing(gloo_l
 
     t = LayerTimes([0.002] * 4, [0.004] * 4, [0.0] * 4)
     profile = Profile({64: t, 32: t, 16: t}, [4 * 64] * 5, [1000] * 4)
-    found = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b", "ddp"], gloo_link, 64, 4, batches=20,
-                              rounds=1, busy=busy, log=lambda s: None)
+    found, none = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b", "ddp"], gloo_link, 64, 4,
+                                    batches=20, rounds=1, busy=busy, log=lambda s: None)
     assert set(found) == {"pipeline", "1f1b", "ddp"} and all(0 <= o < 0.05 for o in found.values())
-    assert found["pipeline"] > 0
+    assert found["pipeline"] > 0 and none is None
 
 
 def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
@@ -163,13 +165,12 @@ def gloo_link():
 def test_the_sleep_workload_on_four_processes_is_within_5_percent_of_its_forecast(trainer, gloo_link):
     """Four processes that sleep their stages' durations and send real tensors over gloo
     (our transport; torch's Schedule1F1B) take what the simulation says."""
-    from harness.sleep_workload import run_sleep
+    from harness.sleep_workload import SleepRun, run_sleep
 
-    link = gloo_link
     stages = [StageCost(forward=0.2, backward=0.4, step=0.02, out_bytes=4 * 64 * 785)] * 4
-    kw = {"microbatches": 4} if trainer == "1f1b" else {"delays": [3, 2, 1, 1]}
-    measured, predicted = run_sleep(trainer, stages, 2 if trainer == "1f1b" else 8, 256 if trainer == "1f1b" else 64,
-                                    link, **kw)
+    run = SleepRun("1f1b", stages, 2, 256, microbatches=4) if trainer == "1f1b" \
+        else SleepRun("pipeline", stages, 8, 64, delays=(3, 2, 1, 1))
+    measured, predicted = run_sleep(run, gloo_link)
     assert predicted == pytest.approx(measured, rel=0.05)
 
 

@@ -60,6 +60,17 @@ def test_devices_sharing_a_host_slow_down_only_while_both_compute():
     assert shared == pytest.approx(1.5 * alone, rel=0.02)
 
 
+def test_one_device_standing_for_devices_alike_shares_the_host_all_along_but_its_all_reduce():
+    """DDP simulates one device for all: each forward, backward and step is stretched by the
+    whole factor; its all-reduce on the host (measured with both processes at once) is not."""
+    layers = [StageCost(forward=1.0, backward=2.0, step=0.5, param_bytes=10 ** 9)] * 2
+    link = Link(8.0, 0.0)  # 1 s for each of a 2-device ring's two passes over 1 GB
+    alone = ddp(layers, 3, 2, link, host_comm=True).run().makespan
+    shared = ddp(layers, 3, 2, link, host_comm=True).run_sharing(1.5, alike=True)
+    reduces = sum(op.duration for op in shared.ops if op.args.get("comm"))
+    assert reduces > 0 and shared.makespan == pytest.approx(1.5 * (alone - reduces) + reduces)
+
+
 def test_a_devices_work_on_a_batch_varies_by_one_draw_and_lock_step_takes_the_slowest():
     """``vary``: every operation of one batch on one device (not an all-reduce) is scaled by
     one factor drawn from the ratios; one device standing for many takes the largest draw."""
