@@ -111,21 +111,26 @@ def _clock(fn, device):
     return time.perf_counter() - t0, out
 
 
-def step_rows(net, x, y, steps=10, min_s=2.0):
-    """(forward pass with the loss, backward pass, Adam's step) seconds of each backprop step
-    of the whole ``net`` on (x, y) as ``fit`` takes it, over at least ``steps`` steps and
-    ``min_s`` seconds, after two unmeasured."""
-    net = copy.deepcopy(net).to(x.device).train()
-    opt = make_optimizer("adam", net.parameters(), 1e-9)
-    rows, spent = [], 0.0
-    while len(rows) < steps + 2 or spent < min_s:
-        tf, loss = _clock(lambda: F.cross_entropy(net(x), y), x.device)
-        tb, _ = _clock(loss.backward, x.device)
-        ts, _ = _clock(opt.step, x.device)
-        opt.zero_grad(set_to_none=True)
-        rows.append((tf, tb, ts))
-        spent += tf + tb + ts if len(rows) > 2 else 0.0
-    return rows[2:]
+def step_rows(net, batches, steps=10, min_s=2.0):
+    """{b: [(forward pass with the loss, backward pass, Adam's step) seconds of each
+    backprop step]} of the whole ``net`` as ``fit`` takes it, at each batch (x, y) of
+    ``batches`` ({b: (x, y)}), one step at each batch size in turn a round, so that a
+    drift of the machine's speed falls on every batch size alike, over at least
+    ``steps`` rounds and ``min_s`` seconds a batch size on average, after two unmeasured
+    rounds."""
+    nets = {b: copy.deepcopy(net).to(x.device).train() for b, (x, _) in batches.items()}
+    opts = {b: make_optimizer("adam", n.parameters(), 1e-9) for b, n in nets.items()}
+    rows, spent, rounds = {b: [] for b in batches}, 0.0, 0
+    while rounds < steps + 2 or spent < min_s * len(batches):
+        for b, (x, y) in batches.items():
+            tf, loss = _clock(lambda: F.cross_entropy(nets[b](x), y), x.device)
+            tb, _ = _clock(loss.backward, x.device)
+            ts, _ = _clock(opts[b].step, x.device)
+            opts[b].zero_grad(set_to_none=True)
+            rows[b].append((tf, tb, ts))
+            spent += tf + tb + ts if rounds >= 2 else 0.0
+        rounds += 1
+    return {b: r[2:] for b, r in rows.items()}
 
 
 def time_step(net, x, y, steps=10, min_s=2.0):
@@ -133,7 +138,7 @@ def time_step(net, x, y, steps=10, min_s=2.0):
     of ``step_rows``.  An epoch's time is a sum, so a mean predicts it, and this machine's
     speed wanders by 10-15 % from one second to the next: a second or two of steps
     averages that out."""
-    return _means(step_rows(net, x, y, steps, min_s))
+    return _means(step_rows(net, {len(y): (x, y)}, steps, min_s)[len(y)])
 
 
 def _means(rows):
@@ -146,25 +151,27 @@ def variation(rows):
     return tuple(sorted(sum(r) / mean for r in rows))
 
 
-def time_layers(net, x, y, repeats=5):
-    """LayerTimes of ``net`` on batch (x, y), and its steps' ``variation``.  Each piece is
-    timed alone (``synthetic.balance.time_pieces``: the median over ``repeats`` rounds,
-    every piece once a round, so that a drift of the machine's speed falls on all of
-    them alike, as the balancer times them); those times give each piece's share, and
-    the whole network's step (``time_step``) their sum: a piece's forward time is its
-    share of the whole forward pass, and so on.  Pieces timed one by one pay per-call
-    costs that a whole step does not, and a few milliseconds of each are noisier than
-    their sum."""
-    pieces = time_pieces(copy.deepcopy(net).to(x.device).train(), x, y, repeats)
-    rows = step_rows(net, x, y)
-    return pieces.scaled(_means(rows)), variation(rows)
+def time_layers(net, batches, repeats=5):
+    """{b: (LayerTimes of ``net`` on the batch (x, y), its steps' ``variation``)} for each
+    batch of ``batches`` ({b: (x, y)}).  Each piece is timed alone
+    (``synthetic.balance.time_pieces``: the median over ``repeats`` rounds, every piece
+    once a round, so that a drift of the machine's speed falls on all of them alike, as
+    the balancer times them); those times give each piece's share, and the whole
+    network's step (``step_rows``, the batch sizes in turn) their sum: a piece's forward
+    time is its share of the whole forward pass, and so on.  Pieces timed one by one pay
+    per-call costs that a whole step does not, and a few milliseconds of each are
+    noisier than their sum."""
+    rows = step_rows(net, batches)
+    return {b: (time_pieces(copy.deepcopy(net).to(x.device).train(), x, y, repeats).scaled(_means(rows[b])),
+                variation(rows[b])) for b, (x, y) in batches.items()}
 
 
 def time_microbatching(net, x, y, min_s=1.0):
     """``Microbatching`` of ``net`` at micro-batch (x, y): in each round a backward pass
     into fresh gradients, a second into the gradients it left, and the division of them
-    all (torch's ``scale_grads``), each the mean over at least ``min_s`` seconds of rounds
-    after one unmeasured."""
+    all (torch's ``scale_grads``), over at least ``min_s`` seconds of rounds after one
+    unmeasured: the median of the rounds' ratios of the second to the first (a stall in
+    one pass moves a mean of a few dozen by several per cent), the division's median."""
     net = copy.deepcopy(net).to(x.device).train()
     params = [p for p in net.parameters() if p.requires_grad]
     rows, spent = [], 0.0
@@ -176,14 +183,14 @@ def time_microbatching(net, x, y, min_s=1.0):
         scale, _ = _clock(lambda: [p.grad.div_(2) for p in params], x.device)
         rows.append((fresh, held, scale))
         spent += fresh + held + scale if len(rows) > 1 else 0.0
-    fresh, held, scale = (statistics.fmean(r[k] for r in rows[1:]) for k in range(3))
-    return Microbatching(held / fresh, scale)
+    return Microbatching(statistics.median(held / fresh for fresh, held, _ in rows[1:]),
+                         statistics.median(scale for _, _, scale in rows[1:]))
 
 
 def profile_network(net, x, y, batch_sizes, repeats=5, microbatch_sizes=()):
     """The Profile of ``net``, timed at each of ``batch_sizes`` on the first samples of (x,
     y), and its ``Microbatching`` at each of ``microbatch_sizes``."""
-    timed = {b: time_layers(net, x[:b], y[:b], repeats) for b in sorted(set(batch_sizes))}
+    timed = time_layers(net, {b: (x[:b], y[:b]) for b in sorted(set(batch_sizes))}, repeats)
     return Profile({b: t for b, (t, _) in timed.items()}, [_nbytes(s) for s in forward_states(net, x[:1])],
                    [_nbytes(net.layer_parameters(j, j + 1)) for j in range(net.n_layers)],
                    _nbytes(lift_parameters(net)), _nbytes(list(net.classifier.parameters())),
@@ -631,10 +638,10 @@ def sharing_factor(net, x, y, processes=2, rounds=3):
 
 def machine_pace(net, x, y):
     """Seconds of a whole backprop step of ``net`` on (x, y) in this process on one thread,
-    over a second of steps (``time_step``): the machine's speed now, against a
-    profile's ``step_s`` taken in this process too."""
+    over a second of steps, at least three (``time_step``): the machine's speed now,
+    against a profile's ``step_s`` taken in this process too."""
     with threads(1):
-        return sum(time_step(net, x, y, min_s=1.0))
+        return sum(time_step(net, x, y, steps=3, min_s=1.0))
 
 
 def validation_row(profile, trainer, m, curve, step_s, sharing, **kw):
