@@ -320,7 +320,10 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
     rng, spans = random.Random(0), []
     for _ in range(math.ceil(VARIED_BATCHES / batches) if ratios else 1):
         simulate.vary(tl, base, ratios, rng, m if lockstep else 1)
-        tl.run() if host is None else tl.run_sharing(host, alike=lockstep)
+        if host is None:
+            tl.run()
+        else:
+            tl.run_sharing(host, alike=lockstep)
         spans.append(tl.makespan)
     devices, last = tl.devices(), tl.makespan
     memory = [_memory_mb(stages[k], max(simulate.in_flight(tl, d), 1), stash)
@@ -639,10 +642,9 @@ def sharing_factor(net, x, y, processes=2, rounds=3):
 def machine_pace(net, x, y):
     """Seconds of a whole backprop step of ``net`` on (x, y) in this process on one thread,
     over a second of steps, at least ten (``time_step``): the machine's speed now,
-    against a profile's ``step_s`` taken in this process too.  (Three steps over a
-    second, against ten over up to 2.4 s, left a validation's real work at median 6.0 %,
-    worst 18.9 %, against 4.0 % and 16.5 %: a short window catches the machine's
-    second-to-second wander.)"""
+    against a profile's ``step_s`` taken in this process too (the machine's speed
+    wanders from one second to the next: a window shorter than ten steps catches more
+    of that wander)."""
     with threads(1):
         return sum(time_step(net, x, y, min_s=1.0))
 
