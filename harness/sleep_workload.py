@@ -99,9 +99,9 @@ def _now(gen):
 
 def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=time.sleep):
     """Our pipeline's stage ``ctx.rank`` with sleeping compute (or ``pause``); rank 0
-    returns the seconds of ``batches`` batches after a first one, alone (every process's
-    first messages and operations), from the first batch to the last stage's end (every
-    rank's end, by a barrier)."""
+    returns the seconds of ``batches`` batches, from their first to the last stage's end
+    (every rank's end, by a barrier), after one batch run alone and untimed (the
+    processes' first messages and operations)."""
     from synthetic.profile import StageProfile
     from synthetic.transport import PointToPoint
 
@@ -238,11 +238,11 @@ class SleepRun:
     (StageCost), ``batches`` timed batches of ``batch``."""
 
     schedule: str
-    stages: tuple
+    stages: list
     batches: int
     batch: int
     microbatches: int = 4
-    delays: tuple = None
+    delays: tuple | None = None
     receives: bool = True
 
     @property
@@ -306,7 +306,10 @@ def measure_sleep(runs, busy=False, before=None, processes=2):
     (``runs_worker``); without ``busy`` the stages sleep and the sharing factors are 1."""
     from .launch import launch
 
-    (m,) = {run.processes for run in runs} or {processes}
+    counts = {run.processes for run in runs} or {processes}
+    if len(counts) > 1:
+        raise ValueError(f"the runs of one group of processes need one count of processes; got {sorted(counts)}")
+    (m,) = counts
     return launch(runs_worker, m, (runs, busy, before), threads=1, device="cpu", timeout_s=600)
 
 
