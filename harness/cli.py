@@ -289,6 +289,7 @@ CHECKS = {
     # forecast.py (harness/forecast.py checks DEVICES, LINK and TRAINERS)
     "TARGET_POINTS": _at_least(0),
     "VALIDATE_SAMPLES": _at_least(1),
+    "VALIDATE_RUNS": _at_least(1),
     "REPEATS": _at_least(1),
     # PVD
     "NUM_PROC": _num_proc,

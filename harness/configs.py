@@ -229,6 +229,7 @@ class ForecastRun(NetworkFields, RunConfig):
     VALIDATE: bool = False
     VALIDATE_SAMPLES: int = 2048
     VALIDATE_PARTS: str = "real,sleep"
+    VALIDATE_RUNS: int = 1
     REPEATS: int = 5
     SCHEDULE_OVERHEAD: bool = True
     VARY: bool = True

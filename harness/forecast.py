@@ -662,11 +662,23 @@ def validation_row(profile, trainer, m, curve, step_s, sharing, **kw):
             "forecast_at_profile_pace_s": forecast(profile, trainer, m, host=host, **kw)["epoch_s"]}
 
 
+def median_run(rows):
+    """The row of a trainer's repeated validation runs: the run whose error is the median
+    (the lower of the two middle ones for an even count), every run's row under "runs";
+    one run's row as it is.  A run that a burst of the machine's slowness stretched
+    moves the median no further than the runs beside it."""
+    if len(rows) == 1:
+        return rows[0]
+    middle = sorted(rows, key=lambda r: r["error"])[(len(rows) - 1) // 2]
+    return {**middle, "runs": rows}
+
+
 def validate(cfg, link, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
     (harness.race's trainers, VALIDATE_EPOCHS epochs of VALIDATE_SAMPLES images:
-    ``steady_epoch_s``) against the forecast from a one-thread profile taken alone (its
+    ``steady_epoch_s``; VALIDATE_RUNS rounds of every trainer, each row the median run:
+    ``median_run``) against the forecast from a one-thread profile taken alone (its
     steps' variation included), with each schedule's own work at the workload's messages
     and durations on busy cores (``measure_overheads``), over the measured link, at the
     machine's speed measured in this process just before and after each run
@@ -706,24 +718,27 @@ def validate(cfg, link, log=print, save=None):
                   "max_in_flight": in_flight}
             log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
             before = machine_pace(net, x, y)
-            for t in names:
-                m = 1 if t == "bp-1t" else 2
-                with threads(1):
-                    curve, _, about = run_trainer(t, race)
-                after = machine_pace(net, x, y)
-                step_s, before = (before + after) / 2, after
-                if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
-                    profile.bounds[(_rule_of(t), m)] = about["bounds"]
-                row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
-                       **validation_row(profile, t, m, curve, step_s, share, **kw),
-                       "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
-                       **({"bounds": about["bounds"]} if "bounds" in about else {})}
-                rows.append(row)
-                if save is not None:
-                    save(rows)
-                log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
-                    f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; the machine's pace {row['pace']:.3f}; "
-                    f"the first epoch {row['first_epoch_s']:6.2f} s)")
+            runs = {t: [] for t in names}
+            for r in range(cfg.VALIDATE_RUNS):  # each round in the other order: a drift falls on all alike
+                for t in names if r % 2 == 0 else names[::-1]:
+                    m = 1 if t == "bp-1t" else 2
+                    with threads(1):
+                        curve, _, about = run_trainer(t, race)
+                    after = machine_pace(net, x, y)
+                    step_s, before = (before + after) / 2, after
+                    if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
+                        profile.bounds[(_rule_of(t), m)] = about["bounds"]
+                    row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
+                           **validation_row(profile, t, m, curve, step_s, share, **kw),
+                           "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
+                           **({"bounds": about["bounds"]} if "bounds" in about else {})}
+                    runs[t].append(row)
+                    if save is not None:
+                        save(rows + [median_run(v) for v in runs.values() if v])
+                    log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
+                        f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; the machine's pace "
+                        f"{row['pace']:.3f}; the first epoch {row['first_epoch_s']:6.2f} s)")
+            rows += [median_run(v) for v in runs.values()]
     return rows
 
 

@@ -48,6 +48,7 @@ MAX_IN_FLIGHT = 0  # the pipeline's delay k at every stage; 0: M - 1 - i at stag
 VALIDATE = False  # also measure every trainer on 1 and 2 processes here against its forecast
 VALIDATE_SAMPLES = 2048  # training images of each of a validation run's 4 epochs
 VALIDATE_PARTS = "real,sleep"  # real: every trainer on 1 and 2 processes; sleep: the sleep workload on 4, 8, 16
+VALIDATE_RUNS = 1  # real: rounds of every trainer, each row the run with the median error (each round adds ~12 min)
 REPEATS = 5  # rounds of the profile's timings (medians)
 SCHEDULE_OVERHEAD = True  # add each schedule's own work an operation, measured on 2 idle processes (a few seconds)
 VARY = True  # each device's work a batch drawn from the profile's step-to-step variation (False: mean durations)

@@ -189,6 +189,17 @@ def test_the_forecast_race_times_each_epoch_by_its_forecast_and_names_the_first(
     assert never["pipeline-local"][4] is None and winners(never, [4]) == {4: "bp-all"}
 
 
+def test_repeated_validation_runs_give_the_row_of_the_run_with_the_median_error():
+    from harness.forecast import median_run
+
+    runs = [{"trainer": "ddp", "measured_epoch_s": s, "forecast_epoch_s": 2.0, "error": 2.0 / s - 1}
+            for s in (2.0, 2.6, 1.9)]  # the second run stretched by a burst of the machine's slowness
+    row = median_run(runs)
+    assert row["measured_epoch_s"] == 2.0 and row["error"] == 0.0 and row["runs"] == runs
+    assert median_run(runs[:2])["measured_epoch_s"] == 2.6  # an even count: the lower middle error
+    assert median_run(runs[:1]) == runs[0]
+
+
 def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_first():
     from harness.forecast import steady_epoch_s
 
