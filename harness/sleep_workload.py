@@ -113,9 +113,9 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=t
     transport = PointToPoint(s, m, 1, (in_w,), (out_w,), torch.device("cpu"), torch.float32,
                              StageProfile(torch.device("cpu")))
     labels = torch.zeros(batch, dtype=torch.long)
-    for count in (1, batches):  # the first batch untimed
-        dist.barrier()
-        t0 = time.perf_counter()
+
+    def run(count):
+        nonlocal labels
         for kind, j in simulate.decoupled_programs(m, count, delays, receives)[s]:
             if kind == "F":
                 if s > 0:
@@ -134,8 +134,8 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=t
             else:
                 pause(me.step)
         transport.flush()
-    dist.barrier()
-    return time.perf_counter() - t0 if ctx.is_main else None
+
+    return _timed_after_first(ctx, lambda: run(1), lambda: run(batches))
 
 
 def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=time.sleep):
@@ -155,10 +155,8 @@ def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=ti
     kind = ScheduleGPipe if order == "gpipe" else Schedule1F1B
     schedule = kind(stage, microbatches, loss_fn=lambda out, y: F.mse_loss(out, torch.zeros_like(out)))
     x, y = torch.zeros(batch, in_width), torch.zeros(batch)
-    for k in range(batches + 1):  # the first batch untimed: the stages infer their shapes in it
-        if k == 1:
-            dist.barrier()
-            t0 = time.perf_counter()
+
+    def one_batch():
         if s == 0:
             schedule.step(x)
         elif s == m - 1:
@@ -166,8 +164,9 @@ def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=ti
         else:
             schedule.step()
         pause(me.step)
-    dist.barrier()
-    return time.perf_counter() - t0 if ctx.is_main else None
+
+    # the first batch untimed: the stages infer their shapes in it
+    return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)])
 
 
 def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
@@ -180,13 +179,25 @@ def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
     model = DistributedDataParallel(nn.Sequential(*(SleepLayer(c.forward, c.backward, pause, max(c.param_bytes // 4, 1))
                                                     for c in layers)))
     x, step = torch.zeros(batch, 1), sum(c.step for c in layers)
-    for k in range(batches + 1):  # the first batch untimed: DDP builds its buckets in it
-        if k == 1:
-            dist.barrier()
-            t0 = time.perf_counter()
+
+    def one_batch():
         model(x).sum().backward()
         pause(step)
         model.zero_grad(set_to_none=False)
+
+    # the first batch untimed: DDP builds its buckets in it
+    return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)])
+
+
+def _timed_after_first(ctx, first, rest):
+    """Rank 0's seconds of ``rest()`` on every rank, after ``first()`` untimed (a schedule's
+    first batch: its processes' first messages and operations), from a barrier to every
+    rank's end (a barrier); None on the other ranks."""
+    dist.barrier()
+    first()
+    dist.barrier()
+    t0 = time.perf_counter()
+    rest()
     dist.barrier()
     return time.perf_counter() - t0 if ctx.is_main else None
 
@@ -219,8 +230,6 @@ def with_overhead(stages, overhead):
 
 def _alone_in_turn(ctx):
     """One product's seconds on this rank (``Work.calibrate``), each rank alone in turn."""
-    import torch.distributed as dist
-
     unit = None
     for r in range(ctx.world_size):
         dist.barrier()
