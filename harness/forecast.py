@@ -289,10 +289,16 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
     rule = _rule_of(trainer)
     cls = rule_class(rule)
     stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra(rule, m))
-    delays = [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
+    delays = rule_delays(rule, m, max_in_flight)
     tl = simulate.decoupled_pipeline(with_overhead(stages, profile.overhead.get(schedule_of(trainer), 0.0)), batches,
                                      delays, link, cls.receives_gradients)
     return tl, stages, cls.stashes, delays
+
+
+def rule_delays(rule, m, max_in_flight=0):
+    """Each of m stages' delay for ``rule``: 0 for the exact rule (lock-step), else the
+    pipeline's (``synthetic.rules.delay``: MAX_IN_FLIGHT, or max(M - 1 - i, 1) at stage i)."""
+    return [0 if rule == "exact" else delay(max_in_flight, s, m) for s in range(m)]
 
 
 VARIED_BATCHES = 256  # a forecast with its steps' variation: the mean of draws over at least these batches
@@ -826,8 +832,7 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=N
                 bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
                 stages, k = scaled_stages(stage_costs(profile, bounds, cfg.BATCH_SIZE, profile.extra(rule, m)),
                                           min_sleep_s)
-                delays = tuple(0 if rule == "exact" else delay(cfg.rule_options.get("max_in_flight", 0), s, m)
-                               for s in range(m))
+                delays = tuple(rule_delays(rule, m, cfg.rule_options.get("max_in_flight", 0)))
                 runs.append(SleepRun("pipeline", stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, delays=delays,
                                      receives=rule_class(rule).receives_gradients))
             scales.append((t, k))
