@@ -601,7 +601,9 @@ def format_table(table, devices):
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
 BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
+OWN_WORK_ROUNDS = 5  # runs of each schedule's own work a workload (the median): DDP adds it to every layer's ops
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
+SHARING_ROUNDS = 5  # rounds of the sharing factor a workload (the median): one round's ratio wanders 0.93-1.16
 
 
 def steady_epoch_s(curve):
@@ -714,7 +716,8 @@ def validate(cfg, link, log=print, save=None):
             # the schedules' own work at this workload's messages on busy cores, and the cores' sharing
             profile.overhead, pairs = measure_overheads(
                 profile, names if cfg.SCHEDULE_OVERHEAD else [], link, batch, cfg.MICROBATCHES, in_flight,
-                batches=BUSY_BATCHES, busy=True, log=log, before=(sharing_worker, net, x, y, 3, SHARING_S))
+                batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True, log=log,
+                before=(sharing_worker, net, x, y, SHARING_ROUNDS, SHARING_S))
             share = sharing_of(pairs)
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
