@@ -45,7 +45,7 @@ from synthetic.rules import delay, rule_class
 from . import simulate
 from .race import threads
 from .simulate import LINKS, Link, StageCost
-from .sleep_workload import SleepRun, with_overhead
+from .sleep_workload import SleepRun
 
 FORECAST_TRAINERS = ("bp-1t", "bp-all", "ddp", "gpipe", "1f1b")  # and pipeline-<rule>
 
@@ -269,6 +269,25 @@ def _memory_mb(stage, in_flight_count, stash):
     return (state + kept + (stage.param_bytes * in_flight_count if stash else 0)) / 2 ** 20
 
 
+def trainer_run(profile, trainer, m, batch, batches, microbatches, max_in_flight=0):
+    """The SleepRun of ``trainer`` (ddp, gpipe, 1f1b or pipeline-<rule>) on ``m`` devices
+    at the profile's durations: DDP over its layers at batch / m a device; GPipe and 1F1B
+    over the exact rule's cuts at their micro-batches; the pipeline over its rule's cuts
+    with the rule's extra work and delays (``rule_delays``).  Cuts the profile lacks
+    are balanced on its times (``balanced_layers``).  Its ``timeline`` is the forecast's
+    schedule (``_schedule``); run on processes, the sleep workload (``validate_sleep``)."""
+    if trainer == "ddp":
+        return SleepRun("ddp", ddp_layers(profile, batch // m), batches, batch, devices=m)
+    rule = _rule_of(trainer)
+    bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
+    if trainer in ("gpipe", "1f1b"):
+        mbs = microbatches_of(trainer, m, microbatches)
+        return SleepRun(trainer, stage_costs(profile, bounds, batch // mbs, microbatches=mbs), batches, batch,
+                        microbatches=mbs)
+    return SleepRun("pipeline", stage_costs(profile, bounds, batch, profile.extra(rule, m)), batches, batch,
+                    delays=tuple(rule_delays(rule, m, max_in_flight)), receives=rule_class(rule).receives_gradients)
+
+
 def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight, host_comm):
     """The trainer's Timeline (not yet run), the costs of its devices' stages, whether its
     rule stashes weights, and each stage's delay (the pipeline's rules; else None)."""
@@ -276,23 +295,13 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
     if m == 1 or trainer in ("bp-1t", "bp-all"):
         (whole,) = stage_costs(profile, [(0, n)], batch)
         return simulate.backprop(whole, batches), [whole], False, None
+    run = trainer_run(profile, trainer, m, batch, batches, microbatches, max_in_flight)
+    tl = run.timeline(link, profile.overhead.get(run.schedule, 0.0), host_comm=host_comm)
     if trainer == "ddp":
-        layers = with_overhead(ddp_layers(profile, batch // m), profile.overhead.get("ddp", 0.0))
-        (whole,) = stage_costs(profile, [(0, n)], batch // m)  # every device's memory
-        return simulate.ddp(layers, batches, m, link, host_comm=host_comm), [whole] * m, False, None
-    if trainer in ("gpipe", "1f1b"):
-        mbs = microbatches_of(trainer, m, microbatches)
-        stages = stage_costs(profile, profile.bounds[("exact", m)], batch // mbs, microbatches=mbs)
-        tl = simulate.synchronous_pipeline(with_overhead(stages, profile.overhead.get(schedule_of(trainer), 0.0)),
-                                           batches, mbs, link, trainer)
-        return tl, stages, False, None
-    rule = _rule_of(trainer)
-    cls = rule_class(rule)
-    stages = stage_costs(profile, profile.bounds[(rule, m)], batch, profile.extra(rule, m))
-    delays = rule_delays(rule, m, max_in_flight)
-    tl = simulate.decoupled_pipeline(with_overhead(stages, profile.overhead.get(schedule_of(trainer), 0.0)), batches,
-                                     delays, link, cls.receives_gradients)
-    return tl, stages, cls.stashes, delays
+        return tl, stage_costs(profile, [(0, n)], batch // m) * m, False, None  # every device's memory
+    if run.schedule != "pipeline":
+        return tl, run.stages, False, None
+    return tl, run.stages, rule_class(_rule_of(trainer)).stashes, list(run.delays)
 
 
 def rule_delays(rule, m, max_in_flight=0):
@@ -825,23 +834,14 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=N
     for m in (m for m in SLEEP_DEVICES if m <= profile.n_layers):
         runs, scales = [], []
         for t in [t for t in names if t in ("gpipe", "1f1b") or t.startswith("pipeline-")]:
-            if t in ("gpipe", "1f1b"):
-                mbs = microbatches_of(t, m, cfg.MICROBATCHES)
-                stages, k = scaled_stages(stage_costs(profile, balanced_layers(profile, m), cfg.BATCH_SIZE // mbs),
-                                          min_sleep_s)
-                runs.append(SleepRun(t, stages, SLEEP_BATCHES[t], cfg.BATCH_SIZE, microbatches=mbs))
-            else:
-                rule = _rule_of(t)
-                bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
-                stages, k = scaled_stages(stage_costs(profile, bounds, cfg.BATCH_SIZE, profile.extra(rule, m)),
-                                          min_sleep_s)
-                delays = tuple(rule_delays(rule, m, cfg.rule_options.get("max_in_flight", 0)))
-                runs.append(SleepRun("pipeline", stages, SLEEP_BATCHES.get(t, 8), cfg.BATCH_SIZE, delays=delays,
-                                     receives=rule_class(rule).receives_gradients))
+            run = trainer_run(profile, t, m, cfg.BATCH_SIZE, SLEEP_BATCHES.get(t, 8), cfg.MICROBATCHES,
+                              cfg.rule_options.get("max_in_flight", 0))
+            stages, k = scaled_stages(run.stages, min_sleep_s)
+            runs.append(dataclasses.replace(run, stages=stages))
             scales.append((t, k))
         _, measured = measure_sleep(runs) if runs else (None, [])
         for run, (t, k), (seconds, _) in zip(runs, scales, measured):
-            predicted = run.timeline(link, profile.overhead.get(schedule_of(t), 0.0)).run().makespan
+            predicted = run.timeline(link, profile.overhead.get(run.schedule, 0.0)).run().makespan
             row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": seconds,
                    "forecast_epoch_s": predicted, "error": predicted / seconds - 1}
             rows.append(row)

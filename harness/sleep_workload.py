@@ -241,10 +241,12 @@ def _alone_in_turn(ctx):
 
 @dataclass(frozen=True)
 class SleepRun:
-    """One schedule's sleep workload: ``schedule`` (pipeline: ours with ``delays`` and
-    whether its stages ``receives`` gradients; gpipe, 1f1b: torch's at ``microbatches``;
-    ddp: torch's DDP over ``stages`` as its layers, on 2 processes) over ``stages``
-    (StageCost), ``batches`` timed batches of ``batch``."""
+    """One schedule's run: ``schedule`` (pipeline: ours with ``delays`` and whether its
+    stages ``receives`` gradients; gpipe, 1f1b: torch's at ``microbatches``; ddp: torch's
+    DDP over ``stages`` as its layers, on ``devices``) over ``stages`` (StageCost),
+    ``batches`` timed batches of ``batch``.  Called on processes, it runs as a sleep
+    workload; its ``timeline`` is its simulation (the forecast's schedules:
+    ``harness.forecast.trainer_run``)."""
 
     schedule: str
     stages: list
@@ -253,10 +255,11 @@ class SleepRun:
     microbatches: int = 4
     delays: tuple | None = None
     receives: bool = True
+    devices: int = 2  # ddp's (the pipelines': one a stage)
 
     @property
     def processes(self):
-        return 2 if self.schedule == "ddp" else len(self.stages)
+        return self.devices if self.schedule == "ddp" else len(self.stages)
 
     def __call__(self, ctx, pause=time.sleep):
         """This rank's part (rank 0: the seconds), each stage's compute ``pause`` (a sleep, or ``Work``)."""
@@ -269,11 +272,11 @@ class SleepRun:
 
     def timeline(self, link, overhead=0.0, host_comm=False):
         """The simulated Timeline (not yet run) of this schedule, ``overhead`` seconds of its
-        own work added to every forward and backward (ddp: on 2 devices; ``host_comm``:
-        its all-reduce on the device's cores)."""
+        own work added to every forward and backward (ddp: ``host_comm``, its all-reduce on
+        the devices' cores)."""
         stages = with_overhead(self.stages, overhead)
         if self.schedule == "ddp":
-            return simulate.ddp(stages, self.batches, 2, link, host_comm=host_comm)
+            return simulate.ddp(stages, self.batches, self.devices, link, host_comm=host_comm)
         if self.schedule in ("gpipe", "1f1b"):
             return simulate.synchronous_pipeline(stages, self.batches, self.microbatches, link, self.schedule)
         return simulate.decoupled_pipeline(stages, self.batches, self.delays, link, self.receives)

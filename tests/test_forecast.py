@@ -86,6 +86,27 @@ def test_a_rules_extra_work_follows_the_cuts_a_run_took():
     assert profile.extra("delayed", 2) is None  # a rule not profiled
 
 
+def test_each_trainer_on_m_devices_is_one_run_whose_timeline_is_its_forecast():
+    """``trainer_run``: DDP on M processes at B / M a device, GPipe and 1F1B on the exact
+    rule's cuts at their micro-batches, the pipeline at its rule's cuts and delays (cuts
+    the profile lacks balanced on its times); the forecast is that run's timeline."""
+    from harness.forecast import trainer_run
+
+    t = LayerTimes([1.0] * 8, [2.0] * 8, [0.0] * 8)
+    profile = Profile({64: t, 16: t, 8: t}, [4 * 64] * 9, [1000] * 8)
+    add_rule(profile, Costs([3.0] * 8, cuts={}, layer_extra=[]), "delayed", 4)
+    ddp = trainer_run(profile, "ddp", 8, 64, 10, 4)
+    assert (ddp.schedule, ddp.processes, len(ddp.stages)) == ("ddp", 8, 8)
+    gpipe = trainer_run(profile, "1f1b", 4, 64, 10, 2)  # 1F1B runs at least M micro-batches
+    assert (gpipe.microbatches, gpipe.processes, gpipe.stages[0].out_bytes) == (4, 4, 4 * 64 * 16)
+    pipe = trainer_run(profile, "pipeline-delayed", 4, 64, 10, 4)
+    assert pipe.delays == (3, 2, 1, 1) and [s.forward for s in pipe.stages] == [2.0] * 4  # balanced: the profile's
+    kw = {"batch": 64, "batches": 10, "link": LINKS["free"], "microbatches": 4}
+    for trainer, run in (("ddp", ddp), ("pipeline-delayed", pipe)):
+        simulated = run.timeline(LINKS["free"]).run().makespan
+        assert forecast(profile, trainer, run.processes, **kw)["epoch_s"] == pytest.approx(simulated)
+
+
 def test_gpipe_pays_for_its_micro_batches_and_each_schedule_for_its_own_work_per_operation():
     """Hand-made profile: 4 micro-batches, of which the last 3 run their backward into held
     gradients at 1.5x; the gradients' scaling (2 s for the whole network) falls on each
