@@ -97,8 +97,9 @@ def test_each_trainer_on_m_devices_is_one_run_whose_timeline_is_its_forecast():
     add_rule(profile, Costs([3.0] * 8, cuts={}, layer_extra=[]), "delayed", 4)
     ddp = trainer_run(profile, "ddp", 8, 64, 10, 4)
     assert (ddp.schedule, ddp.processes, len(ddp.stages)) == ("ddp", 8, 8)
-    gpipe = trainer_run(profile, "1f1b", 4, 64, 10, 2)  # 1F1B runs at least M micro-batches
-    assert (gpipe.microbatches, gpipe.processes, gpipe.stages[0].out_bytes) == (4, 4, 4 * 64 * 16)
+    one_f = trainer_run(profile, "1f1b", 4, 64, 10, 2)  # 1F1B runs at least M micro-batches
+    assert (one_f.microbatches, one_f.processes, one_f.stages[0].out_bytes) == (4, 4, 4 * 64 * 16)
+    assert [s.forward for s in one_f.stages] == [2.0] * 4  # the exact rule's cuts, not profiled: balanced
     pipe = trainer_run(profile, "pipeline-delayed", 4, 64, 10, 4)
     assert pipe.delays == (3, 2, 1, 1) and [s.forward for s in pipe.stages] == [2.0] * 4  # balanced: the profile's
     kw = {"batch": 64, "batches": 10, "link": LINKS["free"], "microbatches": 4}
