@@ -649,7 +649,7 @@ def sharing_of(pairs):
     return max(statistics.median(together / alone for alone, together in pairs), 1.0)
 
 
-def sharing_factor(net, x, y, processes=2, rounds=3):
+def sharing_factor(net, x, y, processes=2, rounds=SHARING_ROUNDS):
     """``sharing_of`` ``rounds`` of ``sharing_worker`` on ``processes`` one-thread processes."""
     from .launch import launch
 
