@@ -110,7 +110,7 @@ def _about(out):
 
 def _peer(race, schedule):
     net = race.network()
-    bounds = tuple(_cuts(race, net, "exact"))
+    bounds = () if schedule == "ddp" else tuple(_cuts(race, net, "exact"))  # DDP: the whole network a rank
     cfg = PeerConfig(epochs=race.epochs, lr=race.lr, batch_size=race.batch_size, seed=race.seed, schedule=schedule,
                      microbatches=race.microbatches, points_per_epoch=race.points_per_epoch, bounds=bounds)
     out = _launch(race, ddp_worker if schedule == "ddp" else pipeline_worker, net, race.data, cfg)
