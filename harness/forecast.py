@@ -609,7 +609,7 @@ def format_table(table, devices):
 
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
-STEADY = 0.10  # a validation run is run again when the machine's speed moved more than this during it
+STEADY = 0.15  # a validation run is run again when the machine's speed moved more than this during it
 RETRIES = 2  # ... at most this many times (the row: the steadiest attempt, ``steadiest``)
 BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
 OWN_WORK_ROUNDS = 5  # runs of each schedule's own work a workload (the median): DDP adds it to every layer's ops
@@ -768,12 +768,13 @@ def validate(cfg, link, log=print, save=None):
                     while not attempts or (attempts[-1]["disturbance"] > STEADY and len(attempts) <= RETRIES):
                         with threads(1):
                             curve, _, about = run_trainer(t, race)
-                        after = machine_pace(net, x, y)
-                        step_s, moved, before = (before + after) / 2, disturbance(before, after, curve), after
+                        pace_s = before, machine_pace(net, x, y)  # the step's seconds just before and after
+                        before, moved = pace_s[1], disturbance(*pace_s, curve)
                         if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
                             profile.bounds[(_rule_of(t), m)] = about["bounds"]
                         row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
-                               **validation_row(profile, t, m, curve, step_s, share, **kw), "disturbance": moved,
+                               **validation_row(profile, t, m, curve, statistics.fmean(pace_s), share, **kw),
+                               "disturbance": moved, "pace_s": pace_s, "epochs_s": steady_epochs(curve),
                                "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
                                **({"bounds": about["bounds"]} if "bounds" in about else {})}
                         attempts.append(row)
