@@ -609,8 +609,6 @@ def format_table(table, devices):
 
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
-STEADY = 0.15  # a validation run is run again when the machine's speed moved more than this during it
-RETRIES = 2  # ... at most this many times (the row: the steadiest attempt, ``steadiest``)
 BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
 OWN_WORK_ROUNDS = 5  # runs of each schedule's own work a workload (the median): DDP adds it to every layer's ops
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
@@ -628,23 +626,6 @@ def steady_epoch_s(curve):
     """The median of ``steady_epochs``: a burst of the machine's slowness moves one epoch,
     not the median."""
     return statistics.median(steady_epochs(curve))
-
-
-def disturbance(before, after, curve):
-    """How much the machine's speed moved during a run: the larger of the change of its
-    pace from just before to just after the run (``machine_pace``'s seconds, relative) and
-    the spread of the run's steady epochs (the longest over the shortest, less 1)."""
-    epochs = steady_epochs(curve)
-    return max(abs(after / before - 1), max(epochs) / min(epochs) - 1)
-
-
-def steadiest(attempts):
-    """The row of a run and its repeats (``disturbance`` too large: ``STEADY``): the
-    attempt the machine's speed moved least in (chosen on the machine, not on the
-    forecast), every attempt under "attempts"; one attempt's row as it is."""
-    if len(attempts) == 1:
-        return attempts[0]
-    return {**min(attempts, key=lambda r: r["disturbance"]), "attempts": attempts}
 
 
 def sharing_worker(ctx, net, x, y, rounds, min_s=2.0):
@@ -723,10 +704,10 @@ def validate(cfg, link, log=print, save=None):
     steps' variation included), with each schedule's own work at the workload's messages
     and durations on busy cores (``measure_overheads``), over the measured link, at the
     machine's speed measured in this process just before and after each run
-    (``machine_pace``; ``validation_row``; a run that the machine's speed moved more than
-    STEADY in, ``disturbance``, runs again, at most RETRIES times: ``steadiest``), the
-    devices sharing this machine's cores by the factor measured once a workload in the own
-    work's processes (``sharing_worker``, ``sharing_of``), DDP's all-reduce on the cores."""
+    (``machine_pace``; ``validation_row``; each row keeps both readings and its steady
+    epochs), the devices sharing this machine's cores by the factor measured once a
+    workload in the own work's processes (``sharing_worker``, ``sharing_of``), DDP's
+    all-reduce on the cores."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race, run_trainer
@@ -764,26 +745,24 @@ def validate(cfg, link, log=print, save=None):
             runs = {t: [] for t in names}
             for r in range(cfg.VALIDATE_RUNS):  # each round in the other order: a drift falls on all alike
                 for t in names if r % 2 == 0 else names[::-1]:
-                    m, attempts = 1 if t == "bp-1t" else 2, []
-                    while not attempts or (attempts[-1]["disturbance"] > STEADY and len(attempts) <= RETRIES):
-                        with threads(1):
-                            curve, _, about = run_trainer(t, race)
-                        pace_s = before, machine_pace(net, x, y)  # the step's seconds just before and after
-                        before, moved = pace_s[1], disturbance(*pace_s, curve)
-                        if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
-                            profile.bounds[(_rule_of(t), m)] = about["bounds"]
-                        row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
-                               **validation_row(profile, t, m, curve, statistics.fmean(pace_s), share, **kw),
-                               "disturbance": moved, "pace_s": pace_s, "epochs_s": steady_epochs(curve),
-                               "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
-                               **({"bounds": about["bounds"]} if "bounds" in about else {})}
-                        attempts.append(row)
-                        log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, "
-                            f"forecast {row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; the machine's pace "
-                            f"{row['pace']:.3f}, moved {moved:.1%}; the first epoch {row['first_epoch_s']:6.2f} s)")
-                    runs[t].append(steadiest(attempts))
+                    m = 1 if t == "bp-1t" else 2
+                    with threads(1):
+                        curve, _, about = run_trainer(t, race)
+                    pace_s = before, machine_pace(net, x, y)  # the step's seconds just before and just after
+                    before = pace_s[1]
+                    if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
+                        profile.bounds[(_rule_of(t), m)] = about["bounds"]
+                    row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
+                           **validation_row(profile, t, m, curve, statistics.fmean(pace_s), share, **kw),
+                           "pace_s": pace_s, "epochs_s": steady_epochs(curve),
+                           "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
+                           **({"bounds": about["bounds"]} if "bounds" in about else {})}
+                    runs[t].append(row)
                     if save is not None:
                         save(rows + [median_run(v) for v in runs.values() if v])
+                    log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
+                        f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; the machine's pace "
+                        f"{row['pace']:.3f}; the first epoch {row['first_epoch_s']:6.2f} s)")
             rows += [median_run(v) for v in runs.values()]
     return rows
 

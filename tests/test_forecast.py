@@ -229,21 +229,6 @@ def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_firs
     assert steady_epoch_s(curve) == pytest.approx(2.0)
 
 
-def test_a_validation_run_that_the_machines_speed_moved_in_gives_way_to_its_steadiest_repeat():
-    from harness.forecast import disturbance, steadiest
-
-    steady = [{"seconds": s} for s in (0.0, 3.0, 5.0, 7.0, 9.0)]  # epochs of 2 s after the start-up
-    assert disturbance(1.0, 1.0, steady) == 0.0
-    assert disturbance(1.0, 1.15, steady) == pytest.approx(0.15)  # the pace moved between before and after
-    burst = [{"seconds": s} for s in (0.0, 3.0, 5.0, 7.5, 9.5)]  # one epoch stretched by a quarter
-    assert disturbance(1.0, 1.05, burst) == pytest.approx(0.25)
-    attempts = [{"error": -0.2, "disturbance": 0.25}, {"error": 0.1, "disturbance": 0.04},
-                {"error": 0.0, "disturbance": 0.12}]
-    row = steadiest(attempts)  # chosen on the machine's steadiness, not on the error
-    assert row["error"] == 0.1 and row["attempts"] == attempts
-    assert steadiest(attempts[:1]) == attempts[0]
-
-
 @pytest.mark.slow
 def test_two_processes_computing_at_once_measure_how_much_they_slow_each_other():
     from harness.forecast import sharing_factor
