@@ -223,9 +223,10 @@ def test_repeated_validation_runs_give_the_row_of_the_run_with_the_median_error(
 
 
 def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_first():
-    from harness.forecast import steady_epoch_s
+    from harness.forecast import steady_epoch_s, steady_epochs
 
     curve = [{"seconds": s} for s in (0.0, 3.0, 5.0, 7.5, 9.5)]  # epochs of 3 (start-up), 2, 2.5 and 2 s
+    assert steady_epochs(curve) == pytest.approx([2.0, 2.5, 2.0])
     assert steady_epoch_s(curve) == pytest.approx(2.0)
 
 
