@@ -13,6 +13,7 @@ A worker that raises or dies takes the whole run down: the others are terminated
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import datetime
@@ -203,7 +204,18 @@ def _elastic_entry(fn, args, threads, device, timeout_s):
     _die_with_parent()
     ctx = init_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
                       int(os.environ["LOCAL_WORLD_SIZE"]), threads=threads, device=device, timeout_s=timeout_s)
-    return _run_rank(ctx, fn, args)
+    out = _run_rank(ctx, fn, args)
+    atexit.register(_exit_now)  # only after a success: a failure exits as Python does
+    return out
+
+
+def _exit_now():
+    """The end of a worker that succeeded, once the agent has its value: output flushed,
+    the process ends without the interpreter's teardown of torch's modules (0.7-0.9 s
+    here, which every launch waited for)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _trace(message):
