@@ -13,10 +13,10 @@ A worker that raises or dies takes the whole run down: the others are terminated
 """
 from __future__ import annotations
 
-import atexit
 import ctypes
 import dataclasses
 import datetime
+import functools
 import json
 import logging
 import os
@@ -205,14 +205,18 @@ def _elastic_entry(fn, args, threads, device, timeout_s):
     ctx = init_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
                       int(os.environ["LOCAL_WORLD_SIZE"]), threads=threads, device=device, timeout_s=timeout_s)
     out = _run_rank(ctx, fn, args)
-    atexit.register(_exit_now)  # only after a success: a failure exits as Python does
+    sys.exit = functools.partial(_exit_now, sys.exit)  # how the spawned process ends, once its value is handed back
     return out
 
 
-def _exit_now():
-    """The end of a worker that succeeded, once the agent has its value: output flushed,
-    the process ends without the interpreter's teardown of torch's modules (0.7-0.9 s
-    here, which every launch waited for)."""
+def _exit_now(exit_, status=None):
+    """``sys.exit`` of a worker whose function returned: with status 0 (its value handed
+    back to the agent) it flushes its output and ends without the interpreter's teardown
+    of torch's modules (0.7-0.9 s here, which every launch waited for); any other status
+    (the value could not be handed back) through ``exit_``, as Python ends, so that the
+    agent sees the failure."""
+    if status not in (None, 0):
+        exit_(status)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -250,6 +250,29 @@ def test_a_failing_stage_ends_the_run_without_leftovers(tmp_path, script):
     assert seconds < 30 and leftovers == []
 
 
+def _unpicklable(ctx):
+    return (lambda: None) if ctx.rank == 0 else ctx.rank
+
+
+def _rank(ctx):
+    return ctx.rank
+
+
+@pytest.mark.slow
+def test_a_worker_whose_value_cannot_be_handed_back_fails_the_launch():
+    """Workers that returned end without the interpreter's teardown only when their value
+    reached the agent; rank 0's value here cannot be pickled: the launch fails, not hangs
+    (run in a process of its own, so that a hang fails the test)."""
+    code = ("import sys; sys.path.insert(0, '.'); from harness.launch import launch, WorkerFailed\n"
+            "from tests.test_synthetic import _unpicklable\n"
+            "try:\n    launch(_unpicklable, 2, (), threads=1, device='cpu')\n"
+            "except WorkerFailed:\n    print('failed as it should')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=60)
+    assert "failed as it should" in proc.stdout, proc.stderr[-2000:]
+    assert launch(_rank, 2, (), threads=1, device="cpu") == 0  # a value that travels: as before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script,args", [
     ("run_standard_sg", ["--epochs", 2]),
