@@ -541,18 +541,27 @@ def overhead_for(run, link, measured, sharing=1.0, host_comm=False):
     return lo
 
 
+def own_work_bounds(profile):
+    """The two stages at which a staged schedule's own work is measured: the exact rule's
+    cut into two (GPipe's and 1F1B's, balanced on the measured costs; every rule's cut
+    on the validation's networks), else a cut balanced on the profile's times.  A conv
+    network's state differs from cut to cut (the first unit's twice the second's), and
+    so do its messages' costs."""
+    return profile.bounds.get(("exact", 2)) or balanced_layers(profile, 2)
+
+
 def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=0, busy=False):
     """The SleepRun that measures ``schedule``'s own work on 2 processes: the profile's
-    states at an even cut (DDP: its layers' sizes at batch / 2 a device), its stages
-    computing their durations with ``busy``, else doing nothing."""
+    states at ``own_work_bounds``'s cut (DDP: its layers' sizes at batch / 2 a device),
+    its stages computing their durations with ``busy``, else doing nothing."""
     if schedule == "ddp":
         layers = ddp_layers(profile, batch // 2)
         return SleepRun("ddp", layers if busy else [StageCost(0.0, 0.0, param_bytes=c.param_bytes) for c in layers],
                         batches, batch)
-    cut = profile.n_layers // 2
+    bounds = own_work_bounds(profile)
     mbs = 1 if schedule == "pipeline" else microbatches_of(schedule, 2, microbatches)
-    stages = stage_costs(profile, [(0, cut), (cut, profile.n_layers)], batch // mbs, microbatches=mbs) if busy \
-        else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * (batch // mbs)), StageCost(0.0, 0.0)]
+    stages = stage_costs(profile, bounds, batch // mbs, microbatches=mbs) if busy \
+        else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[bounds[0][1]] * (batch // mbs)), StageCost(0.0, 0.0)]
     if schedule == "pipeline":
         return SleepRun("pipeline", stages, batches, batch, delays=tuple(delay(max_in_flight, s, 2) for s in range(2)))
     return SleepRun(schedule, stages, batches, batch, microbatches=mbs)
@@ -610,9 +619,13 @@ def format_table(table, devices):
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
 BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
-OWN_WORK_ROUNDS = 5  # runs of each schedule's own work a workload (the median): DDP adds it to every layer's ops
+# rounds of each schedule's own work and of the sharing factor a workload (the median of
+# each): five rounds instead of three moved the real work's median error 6.0-6.1 % to
+# 4.8-6.6 % and its worst 18.9-24.7 % to 16.2-31.8 % over five validations, within the
+# machine's noise, for 1.5 more minutes (docs/RESULTS.md)
+OWN_WORK_ROUNDS = 3  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
-SHARING_ROUNDS = 5  # rounds of the sharing factor a workload (the median): one round's ratio wanders 0.93-1.16
+SHARING_ROUNDS = 3  # rounds of the sharing factor a workload: one round's ratio wanders 0.93-1.16
 
 
 def steady_epochs(curve):
