@@ -541,37 +541,39 @@ def overhead_for(run, link, measured, sharing=1.0, host_comm=False):
     return lo
 
 
-def own_work_bounds(profile):
-    """The two stages at which a staged schedule's own work is measured: the exact rule's
-    cut into two (GPipe's and 1F1B's, balanced on the measured costs; every rule's cut
-    on the validation's networks), else a cut balanced on the profile's times.  A conv
-    network's state differs from cut to cut (the first unit's twice the second's), and
-    so do its messages' costs."""
-    return profile.bounds.get(("exact", 2)) or balanced_layers(profile, 2)
+def trainers_cut(profile):
+    """Where the trainers on 2 devices cut: the exact rule's cut (GPipe's and 1F1B's,
+    balanced on the measured costs; every rule's on the validation's networks), else a
+    cut balanced on the profile's times."""
+    return (profile.bounds.get(("exact", 2)) or balanced_layers(profile, 2))[0][1]
 
 
-def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=0, busy=False):
+def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=0, busy=False, cut=None):
     """The SleepRun that measures ``schedule``'s own work on 2 processes: the profile's
-    states at ``own_work_bounds``'s cut (DDP: its layers' sizes at batch / 2 a device),
-    its stages computing their durations with ``busy``, else doing nothing."""
+    states at ``cut`` (DDP: its layers' sizes at batch / 2 a device), its stages computing
+    their durations with ``busy``, else doing nothing.  ``cut`` defaults to the middle
+    layer: one figure stands for every cut on M devices, most of them inside the
+    network.  A conv network's state differs from cut to cut (the first unit's is twice
+    the second's), and so do its messages' costs: the validation measures at the cut
+    its two-process runs take (``trainers_cut``)."""
     if schedule == "ddp":
         layers = ddp_layers(profile, batch // 2)
         return SleepRun("ddp", layers if busy else [StageCost(0.0, 0.0, param_bytes=c.param_bytes) for c in layers],
                         batches, batch)
-    bounds = own_work_bounds(profile)
+    cut = profile.n_layers // 2 if cut is None else cut
     mbs = 1 if schedule == "pipeline" else microbatches_of(schedule, 2, microbatches)
-    stages = stage_costs(profile, bounds, batch // mbs, microbatches=mbs) if busy \
-        else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[bounds[0][1]] * (batch // mbs)), StageCost(0.0, 0.0)]
+    stages = stage_costs(profile, [(0, cut), (cut, profile.n_layers)], batch // mbs, microbatches=mbs) if busy \
+        else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * (batch // mbs)), StageCost(0.0, 0.0)]
     if schedule == "pipeline":
         return SleepRun("pipeline", stages, batches, batch, delays=tuple(delay(max_in_flight, s, 2) for s in range(2)))
     return SleepRun(schedule, stages, batches, batch, microbatches=mbs)
 
 
 def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, rounds=3, busy=False,
-                      log=print, before=None):
+                      log=print, before=None, cut=None):
     """({schedule: seconds of its own work per forward or backward operation}, before's
     value) for each schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our
-    pipeline): its sleep workload (``own_work_run``) for ``batches`` batches of ``batch``
+    pipeline): its sleep workload (``own_work_run``, at ``cut``) for ``batches`` batches of ``batch``
     on 2 processes over ``link``'s transport (gloo here), and the seconds o that make the
     simulated schedule, every forward and backward o longer, take as long
     (``overhead_for``), the median over ``rounds`` runs (a stall of a few milliseconds
@@ -586,15 +588,17 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
     from .sleep_workload import measure_sleep
 
     schedules = schedules_of(names)
-    runs = [own_work_run(profile, s, batch, batches, microbatches, max_in_flight, busy) for s in schedules] * rounds
+    runs = [own_work_run(profile, s, batch, batches, microbatches, max_in_flight, busy, cut)
+            for s in schedules] * rounds
     head, measured = measure_sleep(runs, busy, before) if runs or before else (None, [])
     found = {}
     for run, (seconds, sharing) in zip(runs, measured):
         found.setdefault(run.schedule, []).append(overhead_for(run, link, seconds, sharing, host_comm=busy))
     out = {s: statistics.median(v) for s, v in found.items()}
     if out:
-        log(f"each schedule's own work an operation{' on busy cores' if busy else ''}: "
-            + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in out.items()))
+        log(f"each schedule's own work an operation{' on busy cores' if busy else ''} (the median of its runs; "
+            "their range): " + ", ".join(f"{k} {1e3 * v:.2f} ms ({1e3 * min(found[k]):.2f}-{1e3 * max(found[k]):.2f})"
+                                         for k, v in out.items()))
     return out, head
 
 
@@ -620,12 +624,12 @@ def format_table(table, devices):
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
 BUSY_BATCHES = 16  # batches of each run measuring a schedule's own work on busy cores (its stages compute)
 # rounds of each schedule's own work and of the sharing factor a workload (the median of
-# each): five rounds instead of three moved the real work's median error 6.0-6.1 % to
-# 4.8-6.6 % and its worst 18.9-24.7 % to 16.2-31.8 % over five validations, within the
-# machine's noise, for 1.5 more minutes (docs/RESULTS.md)
-OWN_WORK_ROUNDS = 3  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
+# each): in one validation the median of all five rounds gave the real work a median
+# error of 5.3 % (worst 26.3 %), that of the first three 6.9 % (21.8 %); three rounds
+# take 2.4 minutes less (docs/RESULTS.md)
+OWN_WORK_ROUNDS = 5  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
-SHARING_ROUNDS = 3  # rounds of the sharing factor a workload: one round's ratio wanders 0.93-1.16
+SHARING_ROUNDS = 5  # rounds of the sharing factor a workload: one round's ratio wanders 0.93-1.16
 
 
 def steady_epochs(curve):
@@ -745,7 +749,7 @@ def validate(cfg, link, log=print, save=None):
             profile.overhead, pairs = measure_overheads(
                 profile, names if cfg.SCHEDULE_OVERHEAD else [], link, batch, cfg.MICROBATCHES, in_flight,
                 batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True, log=log,
-                before=(sharing_worker, net, x, y, SHARING_ROUNDS, SHARING_S))
+                before=(sharing_worker, net, x, y, SHARING_ROUNDS, SHARING_S), cut=trainers_cut(profile))
             share = sharing_of(pairs)
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,

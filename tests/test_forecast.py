@@ -149,20 +149,22 @@ def test_a_schedules_own_work_an_operation_makes_its_idle_schedule_last_as_measu
     assert overhead_for(SleepRun("ddp", layers, 5, 64), free, 5 * 4 * 1.1 * 1.1, 1.1) == pytest.approx(0.1)
 
 
-def test_each_schedules_own_work_is_measured_at_the_cut_its_trainers_run():
-    """A conv network's first unit has a state twice the second's: the own work's messages
-    are the cut's that GPipe, 1F1B and the pipelines run (the exact rule's), not the middle's."""
-    from harness.forecast import own_work_run
+def test_the_validation_measures_each_schedules_own_work_at_the_cut_its_runs_take():
+    """A conv network's first unit has a state twice the second's: the validation's own
+    work sends the messages of the cut that GPipe, 1F1B and the pipelines take (the
+    exact rule's); the forecast's stands for every cut, at the middle."""
+    from harness.forecast import own_work_run, trainers_cut
 
     t = LayerTimes([0.002] * 4, [0.004] * 4, [0.0] * 4)
     profile = Profile({64: t, 16: t}, [8, 8, 4, 4, 4], [1000] * 4)  # bytes a sample entering each layer
+    assert trainers_cut(profile) == 2  # no cut measured: balanced on the profile's times
+    assert own_work_run(profile, "pipeline", 64, 5, 4).stages[0].out_bytes == 4 * 64  # the middle
     profile.bounds[("exact", 2)] = [(0, 1), (1, 4)]
     for schedule, samples in (("pipeline", 64), ("gpipe", 16)):  # gpipe: a micro-batch of 64 / 4
-        assert own_work_run(profile, schedule, 64, 5, 4).stages[0].out_bytes == 8 * samples
-        busy = own_work_run(profile, schedule, 64, 5, 4, busy=True).stages
+        cut = trainers_cut(profile)
+        assert own_work_run(profile, schedule, 64, 5, 4, cut=cut).stages[0].out_bytes == 8 * samples
+        busy = own_work_run(profile, schedule, 64, 5, 4, busy=True, cut=cut).stages
         assert [s.forward for s in busy] == pytest.approx([0.002, 0.006])
-    del profile.bounds[("exact", 2)]  # no cut measured: balanced on the profile's times
-    assert own_work_run(profile, "pipeline", 64, 5, 4).stages[0].out_bytes == 4 * 64
 
 
 @pytest.mark.slow
