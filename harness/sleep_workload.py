@@ -73,13 +73,16 @@ class _Sleep(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         ctx.pause(ctx.backward_s)
-        return grad, grad.new_zeros(ctx.shape), None, None, None
+        # the weight's gradient left unfilled: a layer's backward writes it within its
+        # profiled time, so filling it here would be work the layer does not add
+        return grad, grad.new_empty(ctx.shape), None, None, None
 
 
 class SleepLayer(nn.Module):
     """Passes its input on, sleeping (or ``pause``: ``Work``) ``forward_s`` forward and
-    ``backward_s`` backward; its parameter of ``params`` floats gets a gradient of zeros
-    (the schedule's gradient bookkeeping, DDP's all-reduce)."""
+    ``backward_s`` backward; its parameter of ``params`` floats gets a gradient (the
+    schedule's gradient bookkeeping, DDP's all-reduce), as a trainer's do: a new tensor
+    each batch, not filled here."""
 
     def __init__(self, forward_s, backward_s, pause=time.sleep, params=1):
         super().__init__()
@@ -183,7 +186,7 @@ def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
     def one_batch():
         model(x).sum().backward()
         pause(step)
-        model.zero_grad(set_to_none=False)
+        model.zero_grad(set_to_none=True)  # as the trainers do: no gradient filled, none summed into
 
     # the first batch untimed: DDP builds its buckets in it
     return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)])
