@@ -269,17 +269,23 @@ def _memory_mb(stage, in_flight_count, stash):
     return (state + kept + (stage.param_bytes * in_flight_count if stash else 0)) / 2 ** 20
 
 
+def cuts_of(profile, rule, m):
+    """The bounds of ``rule``'s m stages: the profile's (the balancer's, or a run's own),
+    else balanced on its times (``balanced_layers``)."""
+    return profile.bounds.get((rule, m)) or balanced_layers(profile, m)
+
+
 def trainer_run(profile, trainer, m, batch, batches, microbatches, max_in_flight=0):
     """The SleepRun of ``trainer`` (ddp, gpipe, 1f1b or pipeline-<rule>) on ``m`` devices
     at the profile's durations: DDP over its layers at batch / m a device; GPipe and 1F1B
     over the exact rule's cuts at their micro-batches; the pipeline over its rule's cuts
-    with the rule's extra work and delays (``rule_delays``).  Cuts the profile lacks
-    are balanced on its times (``balanced_layers``).  Its ``timeline`` is the forecast's
-    schedule (``_schedule``); run on processes, the sleep workload (``validate_sleep``)."""
+    with the rule's extra work and delays (``rule_delays``); the cuts ``cuts_of``'s.  Its
+    ``timeline`` is the forecast's schedule (``_schedule``); run on processes, the sleep
+    workload (``validate_sleep``)."""
     if trainer == "ddp":
         return SleepRun("ddp", ddp_layers(profile, batch // m), batches, batch, devices=m)
     rule = _rule_of(trainer)
-    bounds = profile.bounds.get((rule, m)) or balanced_layers(profile, m)
+    bounds = cuts_of(profile, rule, m)
     if trainer in ("gpipe", "1f1b"):
         mbs = microbatches_of(trainer, m, microbatches)
         return SleepRun(trainer, stage_costs(profile, bounds, batch // mbs, microbatches=mbs), batches, batch,
@@ -542,10 +548,9 @@ def overhead_for(run, link, measured, sharing=1.0, host_comm=False):
 
 
 def trainers_cut(profile):
-    """Where the trainers on 2 devices cut: the exact rule's cut (GPipe's and 1F1B's,
-    balanced on the measured costs; every rule's on the validation's networks), else a
-    cut balanced on the profile's times."""
-    return (profile.bounds.get(("exact", 2)) or balanced_layers(profile, 2))[0][1]
+    """Where the trainers on 2 devices cut: the exact rule's cut (``cuts_of``: GPipe's and
+    1F1B's, balanced on the measured costs; every rule's on the validation's networks)."""
+    return cuts_of(profile, "exact", 2)[0][1]
 
 
 def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=0, busy=False, cut=None):
