@@ -18,8 +18,9 @@ the durations are scaled so that the shortest sleep is ``min_sleep_s`` (100 ms i
 validation), which keeps that work to about 1-2 % of a stage's time; the host's cores
 are not modelled.  DDP's all-reduce sums on the host's cores, so it has no sleep workload
 beyond 2 processes.  Every run times its batches after a first, untimed one (its
-processes' first messages and operations).  Several runs on one count of processes
-share one group of processes (``SleepRun``, ``measure_sleep``), which starts once.
+processes' first messages and operations) at a tenth of its durations (``WARM_UP``).
+Several runs on one count of processes share one group of processes (``SleepRun``,
+``measure_sleep``), which starts once.
 With ``Work`` instead of sleeps (``runs_worker``'s ``busy``) the stages compute, and a
 schedule's own work is measured on cores that its processes compute on.
 """
@@ -93,6 +94,20 @@ class SleepLayer(nn.Module):
         return _Sleep.apply(x, self.weight, self.forward_s, self.backward_s, self.pause)
 
 
+WARM_UP = 0.1  # a run's first, untimed batch at this fraction of its durations: its messages and operations
+
+
+class _Dial:
+    """``pause`` (a sleep, or ``Work``) at ``scale`` of the seconds asked: the untimed
+    first batch at WARM_UP (``_timed_after_first``)."""
+
+    def __init__(self, pause):
+        self.pause, self.scale = pause, 1.0
+
+    def __call__(self, seconds):
+        self.pause(seconds * self.scale)
+
+
 def _now(gen):
     """The value of a transport's generator that never yields (a blocking receive)."""
     from synthetic.stage import run_alone
@@ -108,7 +123,7 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=t
     from synthetic.profile import StageProfile
     from synthetic.transport import PointToPoint
 
-    s, m = ctx.rank, ctx.world_size
+    s, m, pause = ctx.rank, ctx.world_size, _Dial(pause)
     me = stages[s]
     width = lambda nbytes: max(nbytes // (4 * batch), 1)  # noqa: E731 - floats a sample at a cut
     in_w = width(stages[s - 1].out_bytes) if s > 0 else 1
@@ -138,7 +153,7 @@ def pipeline_sleep_worker(ctx, stages, batches, batch, delays, receives, pause=t
                 pause(me.step)
         transport.flush()
 
-    return _timed_after_first(ctx, lambda: run(1), lambda: run(batches))
+    return _timed_after_first(ctx, lambda: run(1), lambda: run(batches), pause)
 
 
 def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=time.sleep):
@@ -148,7 +163,7 @@ def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=ti
     their forward once more to infer the shapes they receive)."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    s, m = ctx.rank, ctx.world_size
+    s, m, pause = ctx.rank, ctx.world_size, _Dial(pause)
     me = stages[s]
     width = max(me.out_bytes // (4 * (batch // microbatches)), 1)
     in_width = max(stages[s - 1].out_bytes // (4 * (batch // microbatches)), 1) if s > 0 else width
@@ -169,7 +184,7 @@ def peer_sleep_worker(ctx, stages, batches, batch, microbatches, order, pause=ti
         pause(me.step)
 
     # the first batch untimed: the stages infer their shapes in it
-    return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)])
+    return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)], pause)
 
 
 def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
@@ -179,6 +194,7 @@ def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
     seconds of ``batches`` batches after a first one."""
     from torch.nn.parallel import DistributedDataParallel
 
+    pause = _Dial(pause)
     model = DistributedDataParallel(nn.Sequential(*(SleepLayer(c.forward, c.backward, pause, max(c.param_bytes // 4, 1))
                                                     for c in layers)))
     x, step = torch.zeros(batch, 1), sum(c.step for c in layers)
@@ -189,15 +205,18 @@ def ddp_sleep_worker(ctx, layers, batches, batch, pause=time.sleep):
         model.zero_grad(set_to_none=True)  # as the trainers do: no gradient filled, none summed into
 
     # the first batch untimed: DDP builds its buckets in it
-    return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)])
+    return _timed_after_first(ctx, one_batch, lambda: [one_batch() for _ in range(batches)], pause)
 
 
-def _timed_after_first(ctx, first, rest):
+def _timed_after_first(ctx, first, rest, dial):
     """Rank 0's seconds of ``rest()`` on every rank, after ``first()`` untimed (a schedule's
-    first batch: its processes' first messages and operations), from a barrier to every
-    rank's end (a barrier); None on the other ranks."""
+    first batch: its processes' first messages and operations, its durations at WARM_UP
+    through ``dial``), from a barrier to every rank's end (a barrier); None on the
+    other ranks."""
     dist.barrier()
+    dial.scale = WARM_UP
     first()
+    dial.scale = 1.0
     dist.barrier()
     t0 = time.perf_counter()
     rest()
