@@ -1,17 +1,30 @@
 """Figures of the experiment scripts (matplotlib, Agg backend, PNG)."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.patches  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import torch  # noqa: E402
+from datasets.files import atomic
 
-from datasets.files import atomic  # noqa: E402
+
+class _OnFirstUse:
+    """A matplotlib module imported on its first attribute, on the Agg backend: a process
+    that draws nothing (a worker the scripts spawn, which imports this module with their
+    own) does not pay matplotlib's import, about half a second."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        return getattr(importlib.import_module(self._name), attr)
+
+
+plt, patches, ticker = (_OnFirstUse(f"matplotlib.{m}") for m in ("pyplot", "patches", "ticker"))
 
 CLASS_COLOURS = ("tab:blue", "tab:orange")
 
@@ -116,8 +129,8 @@ def phase_plane_figure(path, phase, h):
 def _log_axis(ax):
     """A logarithmic y axis with plain numbers (0.5, 2) as tick labels."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.grid(alpha=0.3, which="both")
 
 
@@ -191,7 +204,7 @@ def depth_figure(path, results, histories):
         ax.grid(alpha=0.3, which="both")
         if key in ("loss_by_depth", "growth_trained"):
             _log_axis(ax)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
         ax.set_xlabel("layers N (h = T / N)")
         ax.set_title(title, fontsize=10)
     axes[0][0].legend(fontsize=8)
@@ -227,7 +240,7 @@ def timeline_figure(path, profiles, title=""):
     ax.invert_yaxis()
     ax.set_xlim(0, end * 1.01 if end else 1)
     ax.set_xlabel("ms since the stages started")
-    handles = [matplotlib.patches.Patch(color=c, label=k) for k, c in colours.items()]
+    handles = [patches.Patch(color=c, label=k) for k, c in colours.items()]
     ax.legend(handles=handles, ncol=len(handles), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35))
     ax.set_title(title or "the first batches of each stage")
     _save(fig, path)
