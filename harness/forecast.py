@@ -333,23 +333,23 @@ def forecast(profile, trainer, m, *, batch, batches, link, microbatches=4, max_i
     simulated device by the slowest of m draws, its all-reduces waiting for every
     device), and the epoch is the mean of enough draws to span VARIED_BATCHES batches:
     devices in lock-step wait for the slower one each batch."""
-    tl, stages, stash, delays = _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight,
-                                          host_comm=host is not None)
-    lockstep = trainer == "ddp" and m > 1  # one device simulated: every device computes alike
-    base = [op.duration * (pace if op.resource.startswith("device") else 1.0) for op in tl.ops]
-    ratios = profile.variation.get(per_device_batches(trainer, batch, m, microbatches)[0]) if vary else None
-    rng, spans = random.Random(0), []
-    for _ in range(math.ceil(VARIED_BATCHES / batches) if ratios else 1):
-        simulate.vary(tl, base, ratios, rng, m if lockstep else 1)
-        if host is None:
-            tl.run()
-        else:
-            tl.run_sharing(host, alike=lockstep)
-        spans.append(tl.makespan)
-    devices, last = tl.devices(), tl.makespan
-    memory = [_memory_mb(stages[k], max(simulate.in_flight(tl, d), 1), stash)
-              for k, d in enumerate(devices)]
-    out = {"epoch_s": statistics.fmean(spans), "busy": [tl.busy(d) / last if last else 0.0 for d in devices],
+    with simulate.without_gc():
+        tl, stages, stash, delays = _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight,
+                                              host_comm=host is not None)
+        lockstep = trainer == "ddp" and m > 1  # one device simulated: every device computes alike
+        base = [op.duration * (pace if op.resource.startswith("device") else 1.0) for op in tl.ops]
+        ratios = profile.variation.get(per_device_batches(trainer, batch, m, microbatches)[0]) if vary else None
+        rng, spans = random.Random(0), []
+        for _ in range(math.ceil(VARIED_BATCHES / batches) if ratios else 1):
+            simulate.vary(tl, base, ratios, rng, m if lockstep else 1)
+            if host is None:
+                tl.run()
+            else:
+                tl.run_sharing(host, alike=lockstep)
+            spans.append(tl.makespan)
+        devices, last, busy, peaks = tl.devices(), tl.makespan, tl.busy_all(), simulate.in_flight_all(tl)
+    memory = [_memory_mb(stages[k], max(peaks.get(d, 0), 1), stash) for k, d in enumerate(devices)]
+    out = {"epoch_s": statistics.fmean(spans), "busy": [busy[d] / last if last else 0.0 for d in devices],
            "memory_mb": memory, "delays": delays}
     if trace:
         out["timeline"] = tl
