@@ -632,10 +632,10 @@ VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the firs
 # speed swinging over seconds, so that a run's residual grows with its length
 BUSY_BATCHES = 8
 # rounds of each schedule's own work and of the sharing factor a workload (the median of
-# each): in one validation the median of all five rounds gave the real work a median
-# error of 5.3 % (worst 26.3 %), that of the first three 6.9 % (21.8 %); three rounds
-# take 2.4 minutes less (docs/RESULTS.md)
-OWN_WORK_ROUNDS = 5  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
+# each): in one validation the median of all five rounds of own work gave the real work
+# a median error of 5.3 % (worst 26.3 %), that of the first three 6.9 % (21.8 %); three
+# rounds take about 1.8 minutes less, which VALIDATE's 20 minutes need (docs/RESULTS.md)
+OWN_WORK_ROUNDS = 3  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
 SHARING_ROUNDS = 5  # rounds of the sharing factor a workload: one round's ratio wanders 0.93-1.16
 
