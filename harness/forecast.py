@@ -628,8 +628,8 @@ def format_table(table, devices):
 
 VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
 # batches of each run measuring a schedule's own work on busy cores (its stages compute):
-# five rounds each of 16 and 48 batches spread alike (docs/RESULTS.md), the machine's
-# speed swinging over seconds, so that a run's residual grows with its length
+# runs of 16 and of 48 batches spread alike (docs/RESULTS.md): the machine's speed swings
+# over seconds, and a run's residual grows with its length
 BUSY_BATCHES = 8
 # rounds of each schedule's own work and of the sharing factor a workload (the median of
 # each): in one validation the median of all five rounds of own work gave the real work
