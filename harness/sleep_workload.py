@@ -243,11 +243,15 @@ def scaled_stages(stages, min_sleep_s):
                                c.activation_bytes) for c in stages], k
 
 
-def with_overhead(stages, overhead):
-    """``stages`` with ``overhead`` seconds added to every forward and backward operation:
-    a schedule's own work per operation on the host (``harness.forecast.measure_overheads``)."""
-    return [replace(c, forward=c.forward + overhead, backward=c.backward + overhead) for c in stages] \
-        if overhead else stages
+def with_overhead(stages, overhead, backward=True):
+    """``stages`` with ``overhead`` seconds added to every forward and, with ``backward``,
+    every backward operation: a schedule's own work on the host an operation that sends
+    or receives a message (``harness.forecast.measure_overheads``).  Our pipeline under
+    a rule that sends no gradient back (``local``) has no message in its backwards."""
+    if not overhead:
+        return stages
+    return [replace(c, forward=c.forward + overhead, backward=c.backward + (overhead if backward else 0.0))
+            for c in stages]
 
 
 def _alone_in_turn(ctx):
@@ -294,9 +298,9 @@ class SleepRun:
 
     def timeline(self, link, overhead=0.0, host_comm=False):
         """The simulated Timeline (not yet run) of this schedule, ``overhead`` seconds of its
-        own work added to every forward and backward (ddp: ``host_comm``, its all-reduce on
-        the devices' cores)."""
-        stages = with_overhead(self.stages, overhead)
+        own work added to every forward and backward that sends or receives a message
+        (``with_overhead``; ddp: ``host_comm``, its all-reduce on the devices' cores)."""
+        stages = with_overhead(self.stages, overhead, backward=self.receives)
         if self.schedule == "ddp":
             return simulate.ddp(stages, self.batches, self.devices, link, host_comm=host_comm)
         if self.schedule in ("gpipe", "1f1b"):

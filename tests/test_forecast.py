@@ -132,6 +132,19 @@ def test_gpipe_pays_for_its_micro_batches_and_each_schedule_for_its_own_work_per
         before["pipeline-exact"] + 10 * 4 * 0.25)
 
 
+def test_a_pipeline_that_sends_no_gradient_back_pays_its_own_work_on_its_forwards_only():
+    """Our pipeline's own work is measured under a rule whose every forward and backward
+    sends or receives a message; under ``local`` no gradient travels back, so its
+    backwards carry none of it."""
+    from harness.sleep_workload import SleepRun
+
+    stages = [StageCost(1.0, 2.0), StageCost(1.0, 2.0)]
+    for receives in (True, False):
+        tl = SleepRun("pipeline", stages, 3, 64, delays=(1, 1), receives=receives).timeline(LINKS["free"], 0.25)
+        assert {op.duration for op in tl.ops if op.name.startswith("F")} == {1.25}
+        assert {op.duration for op in tl.ops if op.name.startswith("B")} == ({2.25} if receives else {2.0})
+
+
 def test_a_schedules_own_work_an_operation_makes_its_idle_schedule_last_as_measured():
     """GPipe at 4 micro-batches over 2 idle stages on a free link: o a forward or backward
     makes 10 (4 + 1 forwards, 4 + 1 backwards) a batch on the critical path; DDP's every
