@@ -415,12 +415,3 @@ def without_gc():
     finally:
         if enabled:
             gc.enable()
-
-
-def summary(tl, batches_per_epoch, batches):
-    """Seconds per epoch (the simulated batches' span, scaled), and each device's busy fraction."""
-    span, busy = tl.makespan, tl.busy_all()
-    return {"epoch_s": span * batches_per_epoch / batches,
-            "busy": [busy[d] / span if span else 0.0 for d in tl.devices()]}
-
-
