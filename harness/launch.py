@@ -3,9 +3,11 @@
 ``launch(fn, P, args)`` runs ``fn(ctx, *args)`` in P processes, ``ctx`` telling the
 rank, world size, device and backend (``rank_device``: gloo on the CPU; NCCL when every
 process has a GPU of its own; gloo when the ranks share a GPU).  Started by the script
-itself: torch.distributed.elastic's agent (what torchrun runs) spawns the workers on a
+itself: torch.distributed.elastic's agent (what torchrun runs) starts the workers on a
 free loopback port, restarts the group up to ``max_restarts`` times, and hands rank 0's
-return value back.  Under torchrun (RANK/WORLD_SIZE set) the current process is one of
+return value back.  The workers are forked from multiprocessing's fork server, which
+imports torch once (``WORKER_PRELOAD``): a launch takes a third of a second, not the
+three seconds of a fresh interpreter importing torch.  Under torchrun (RANK/WORLD_SIZE set) the current process is one of
 the workers and every rank gets its own return value.
 
 A worker that raises or dies takes the whole run down: the others are terminated, and
@@ -35,6 +37,12 @@ import torch.distributed as dist
 from models.checkpoint import restart_count
 
 GRACE_S = 5.0  # after a failure, seconds before SIGTERM, then SIGKILL, for the others
+# What the fork server imports once, before it forks any worker: torch, torch._dynamo (that
+# the optimisers import at their first step: models.training.preload), this module, and the
+# launching script (each spawned worker would import it again, as spawn does).  It never
+# computes, so its children start with no threads and no CUDA.
+WORKER_PRELOAD = ("torch", "torch.distributed", "torch._dynamo", "harness.launch", "__main__")
+_ENVIRONMENT_AT_IMPORT = dict(os.environ)  # in a forked worker: the fork server's, from when it started
 
 
 class WorkerFailed(RuntimeError):
@@ -198,10 +206,20 @@ def _run_rank(ctx, fn, args):
         dist.destroy_process_group()
 
 
-def _elastic_entry(fn, args, threads, device, timeout_s):
+def _adopt_environment(launcher):
+    """A worker forked from the fork server holds the environment that the server started
+    with, and what the elastic agent set over it: make it the launching process's
+    environment now (``launcher``) with the agent's settings over it."""
+    by_agent = {k: v for k, v in os.environ.items() if _ENVIRONMENT_AT_IMPORT.get(k) != v}
+    os.environ.clear()
+    os.environ.update({**launcher, **by_agent})
+
+
+def _elastic_entry(fn, args, threads, device, timeout_s, environment):
     """One worker of the scripts' own launcher: joins the group from the environment the
     elastic agent sets (RANK, WORLD_SIZE, MASTER_ADDR, ..., as torchrun does)."""
-    _die_with_parent()
+    _die_with_parent()  # the fork server, which ends with the launching process
+    _adopt_environment(environment)
     ctx = init_worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
                       int(os.environ["LOCAL_WORLD_SIZE"]), threads=threads, device=device, timeout_s=timeout_s)
     out = _run_rank(ctx, fn, args)
@@ -273,6 +291,8 @@ def launch(fn, nprocs, args=(), *, threads=0, device="auto", timeout_s=120, max_
                           threads=threads, device=device, timeout_s=timeout_s)
         return _placed(*_run_rank(ctx, fn, args), on_placement)
 
+    import multiprocessing
+
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -283,7 +303,7 @@ def launch(fn, nprocs, args=(), *, threads=0, device="auto", timeout_s=120, max_
     with tempfile.TemporaryDirectory(prefix="launch-") as logs:
         options = {"min_nodes": 1, "max_nodes": 1, "nproc_per_node": nprocs, "max_restarts": max_restarts,
                    "run_id": f"stable-{uuid.uuid4().hex[:12]}", "rdzv_backend": "c10d",
-                   "rdzv_endpoint": f"127.0.0.1:{free_port()}", "monitor_interval": 0.1, "start_method": "spawn",
+                   "rdzv_endpoint": f"127.0.0.1:{free_port()}", "monitor_interval": 0.1, "start_method": "forkserver",
                    "shutdown_timeout": int(GRACE_S)}
         known = {f.name for f in dataclasses.fields(LaunchConfig)}
         if "logs_specs" in known:  # torch >= 2.3; before it the log directory was a field of its own
@@ -293,8 +313,9 @@ def launch(fn, nprocs, args=(), *, threads=0, device="auto", timeout_s=120, max_
         else:
             options["log_dir"] = logs
         config = LaunchConfig(**{k: v for k, v in options.items() if k in known})
+        multiprocessing.set_forkserver_preload(list(WORKER_PRELOAD))  # read when the server starts, at the first launch
         try:
-            out = elastic_launch(config, _elastic_entry)(fn, args, threads, str(device), timeout_s)
+            out = elastic_launch(config, _elastic_entry)(fn, args, threads, str(device), timeout_s, dict(os.environ))
         except ChildFailedError as exc:
             raise WorkerFailed(_failure_report(exc.failures, logs)) from None
         except SignalException as exc:

@@ -161,3 +161,8 @@ def slow_checkpoints_stage_worker(ctx, *args):
     save = distributed._save
     distributed._save = lambda *a: (time.sleep(1.0), save(*a))[1]
     return distributed.stage_worker(ctx, *args)
+
+
+def environment_worker(ctx, names):
+    """{name: os.environ.get(name)} in a worker, for each of ``names``."""
+    return {name: os.environ.get(name) for name in names}

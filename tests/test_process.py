@@ -38,3 +38,18 @@ def test_a_steady_allocator_keeps_the_blocks_a_batch_frees():
         steady_allocator()
     assert fresh > 2000  # 4 batches, each 3 MB activation 750 pages (about 290,000 measured)
     assert steady < fresh / 20, (steady, fresh)  # (1 to 3,136 measured)
+
+
+@pytest.mark.slow
+def test_a_worker_forked_from_the_fork_server_sees_the_environment_of_its_launch(monkeypatch):
+    from harness.launch import launch
+    from tests.helpers import environment_worker
+
+    names = ("STABLE_TEST_ADDED", "STABLE_TEST_REMOVED", "WORLD_SIZE")
+    monkeypatch.setenv("STABLE_TEST_REMOVED", "before")
+    assert launch(environment_worker, 2, (names,), threads=1, device="cpu")["STABLE_TEST_REMOVED"] == "before"
+    monkeypatch.setenv("STABLE_TEST_ADDED", "after the fork server started")
+    monkeypatch.delenv("STABLE_TEST_REMOVED")
+    seen = launch(environment_worker, 2, (names,), threads=1, device="cpu")
+    assert seen == {"STABLE_TEST_ADDED": "after the fork server started", "STABLE_TEST_REMOVED": None,
+                    "WORLD_SIZE": "2"}
