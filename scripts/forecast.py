@@ -15,7 +15,7 @@ pipeline's rules at M stages), against the forecast seconds of those epochs
 (forecast_race.png, one panel per M; the forecast time to the target).  VALIDATE = 1
 measures every trainer on 1 and 2 processes here (each run forecast at the machine's
 speed timed just before and after it), and a sleep workload on 4, 8 and 16, against
-its forecast (about 20 minutes on 2 cores: 16-17 the real work, 3 the sleep workload).
+its forecast (about 18 minutes on 2 cores: 16 the real work, 2 the sleep workload).
 
 Trainers: bp-1t, bp-all (backprop, one device), ddp, gpipe, 1f1b (torch), and
 pipeline-<rule> (our pipeline, one stage a device, each stage at the delay that keeps
@@ -48,7 +48,7 @@ MAX_IN_FLIGHT = 0  # the pipeline's delay k at every stage; 0: M - 1 - i at stag
 VALIDATE = False  # also measure every trainer on 1 and 2 processes here against its forecast
 VALIDATE_SAMPLES = 2048  # training images of each of a validation run's 4 epochs
 VALIDATE_PARTS = "real,sleep"  # real: every trainer on 1 and 2 processes; sleep: the sleep workload on 4, 8, 16
-VALIDATE_RUNS = 1  # real: rounds of every trainer, each row the run with the median error (each round adds ~11 min)
+VALIDATE_RUNS = 1  # real: rounds of every trainer, each row the run with the median error (each round adds ~10 min)
 REPEATS = 5  # rounds of the profile's timings (medians)
 SCHEDULE_OVERHEAD = True  # add each schedule's own work an operation, measured on 2 idle processes (a few seconds)
 VARY = True  # each device's work a batch drawn from the profile's step-to-step variation (False: mean durations)
