@@ -7,8 +7,8 @@ itself: torch.distributed.elastic's agent (what torchrun runs) starts the worker
 free loopback port, restarts the group up to ``max_restarts`` times, and hands rank 0's
 return value back.  The workers are forked from multiprocessing's fork server, which
 imports torch once (``WORKER_PRELOAD``): a launch takes a third of a second, not the
-three seconds of a fresh interpreter importing torch.  Under torchrun (RANK/WORLD_SIZE set) the current process is one of
-the workers and every rank gets its own return value.
+three seconds of a fresh interpreter importing torch.  Under torchrun (RANK/WORLD_SIZE
+set) the current process is one of the workers and every rank gets its own return value.
 
 A worker that raises or dies takes the whole run down: the others are terminated, and
 ``WorkerFailed`` carries the failing worker's traceback.  Ctrl-C stops every process.
