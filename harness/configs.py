@@ -227,9 +227,9 @@ class ForecastRun(NetworkFields, RunConfig):
     OTHER_LINK: str = ""
     MICROBATCHES: int = 4
     VALIDATE: bool = False
-    VALIDATE_SAMPLES: int = 2048
+    VALIDATE_SAMPLES: int = 1024
     VALIDATE_PARTS: str = "real,sleep"
-    VALIDATE_RUNS: int = 1
+    VALIDATE_RUNS: int = 3
     REPEATS: int = 5
     SCHEDULE_OVERHEAD: bool = True
     VARY: bool = True

@@ -626,7 +626,7 @@ def format_table(table, devices):
     return "\n".join(rows) + "\n(seconds per epoch, mean busy fraction of the devices, largest device memory)"
 
 
-VALIDATE_EPOCHS = 4  # a validation run's epochs: the median of all but the first is measured
+VALIDATE_EPOCHS = 2  # a validation run's epochs: the first pays for starting, the second is measured
 # batches of each run measuring a schedule's own work on busy cores (its stages compute):
 # runs of 16 and of 48 batches spread alike (docs/RESULTS.md): the machine's speed swings
 # over seconds, and a run's residual grows with its length
@@ -735,7 +735,7 @@ def validate(cfg, link, log=print, save=None):
     all-reduce on the cores."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
-    from .race import Race, run_trainer
+    from .race import Race, run_timed
 
     names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     in_flight = cfg.rule_options.get("max_in_flight", 0)
@@ -772,7 +772,7 @@ def validate(cfg, link, log=print, save=None):
                 for t in names if r % 2 == 0 else names[::-1]:
                     m = 1 if t == "bp-1t" else 2
                     with threads(1):
-                        curve, _, about = run_trainer(t, race)
+                        curve, about = run_timed(t, race)
                     pace_s = before, machine_pace(net, x, y)  # the step's seconds just before and just after
                     before = pace_s[1]
                     if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)

@@ -213,6 +213,13 @@ def run_trainer(name, race):
     return curve, train_acc, about
 
 
+def run_timed(name, race):
+    """Train with ``name`` for its times alone: its points [{seconds, epoch, loss}] (no
+    accuracy: none of them is evaluated) and what the trainer tells of itself."""
+    segments, about = _trainer(name)(race)
+    return [{"seconds": p.seconds, "epoch": p.epoch, "loss": p.loss} for _, points in segments for p in points], about
+
+
 # ---- figures of a race ----------------------------------------------------------------------
 
 def parse_target(text):

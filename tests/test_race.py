@@ -79,6 +79,19 @@ def test_a_recorder_does_not_count_evaluation_as_training_time(monkeypatch):
     assert curve[-1]["test_acc"] == pytest.approx(real(cnet, data.x_test, data.y_test))
 
 
+def test_a_run_for_its_times_alone_evaluates_no_point(monkeypatch):
+    """The forecast's validation times each trainer's epochs: run_timed gives the points'
+    seconds and epochs, and evaluates none of them."""
+    data = datasets.load("DIGITS").head(256)
+    race = racing.Race(build=lambda k, h: build_model("verlet", data.info.shape, 10, k, h, width=64), n_layers=2,
+                       h=0.5, data=data, epochs=2, batch_size=64, lr=1e-3, points_per_epoch=1)
+    monkeypatch.setattr(racing, "evaluate_points", lambda *a, **k: pytest.fail("a point was evaluated"))
+    curve, about = racing.run_timed("bp-1t", race)
+    assert [p["epoch"] for p in curve] == [0, 1, 2] and about == {}
+    assert 0 <= curve[0]["seconds"] < curve[1]["seconds"] < curve[2]["seconds"]
+    assert all("test_acc" not in p for p in curve)
+
+
 def test_the_race_of_two_backprops_writes_its_outputs(tmp_path):
     from scripts import race
 
