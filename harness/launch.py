@@ -39,8 +39,8 @@ from models.checkpoint import restart_count
 GRACE_S = 5.0  # after a failure, seconds before SIGTERM, then SIGKILL, for the others
 # What the fork server imports once, before it forks any worker: torch, torch._dynamo (that
 # the optimisers import at their first step: models.training.preload), this module, and the
-# launching script (each spawned worker would import it again, as spawn does).  It never
-# computes, so its children start with no threads and no CUDA.
+# launching script (which a worker would otherwise import again, as a spawned one does).
+# It never computes, so its children start with no threads and no CUDA.
 WORKER_PRELOAD = ("torch", "torch.distributed", "torch._dynamo", "harness.launch", "__main__")
 _ENVIRONMENT_AT_IMPORT = dict(os.environ)  # in a forked worker: the fork server's, from when it started
 

@@ -15,8 +15,8 @@ pipeline's rules at M stages), against the forecast seconds of those epochs
 (forecast_race.png, one panel per M; the forecast time to the target).  VALIDATE = 1
 measures every trainer on 1 and 2 processes here (three short runs each, the row the
 median one; each run forecast at the machine's speed timed just before and after it),
-and a sleep workload on 4, 8 and 16, against
-its forecast (about 21 minutes on 2 cores: 19 the real work, 2 the sleep workload).
+and a sleep workload on 4, 8 and 16, against its forecast (about 21 minutes on 2
+cores: 19 the real work, 2 the sleep workload).
 
 Trainers: bp-1t, bp-all (backprop, one device), ddp, gpipe, 1f1b (torch), and
 pipeline-<rule> (our pipeline, one stage a device, each stage at the delay that keeps
