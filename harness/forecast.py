@@ -720,27 +720,33 @@ def median_run(rows):
     return {**middle, "runs": rows}
 
 
-def validate(cfg, link, log=print, save=None):
-    """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
-    x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2, measured
-    (harness.race's trainers, VALIDATE_EPOCHS epochs of VALIDATE_SAMPLES images:
-    ``steady_epoch_s``; VALIDATE_RUNS rounds of every trainer, each row the median run:
-    ``median_run``) against the forecast from a one-thread profile taken alone (its
-    steps' variation included), with each schedule's own work at the workload's messages
-    and durations on busy cores (``measure_overheads``), over the measured link, at the
-    machine's speed measured in this process just before and after each run
-    (``machine_pace``; ``validation_row``; each row keeps both readings and its steady
-    epochs), the devices sharing this machine's cores by the factor measured once a
-    workload in the own work's processes (``sharing_worker``, ``sharing_of``), DDP's
-    all-reduce on the cores."""
+@dataclass
+class Workload:
+    """One network at one batch size of the validation, and what its runs are forecast from."""
+
+    name: str
+    net: object  # the network, whose steps time the machine's pace (``machine_pace``)
+    x: torch.Tensor  # one batch
+    y: torch.Tensor
+    profile: Profile  # taken alone, one thread; its ``overhead`` on busy cores
+    sharing: float  # two processes computing at once against one alone (``sharing_of``)
+    race: object  # harness.race.Race: the trainers' runs
+    kw: dict  # the forecast's arguments (batch, batches, link, ...)
+
+    def pace(self):
+        return machine_pace(self.net, self.x, self.y)
+
+
+def validation_workloads(cfg, link, names, log=print):
+    """A Workload for each network of VALIDATION_NETS at BATCH_SIZE and BATCH_SIZE / 2: its
+    one-thread profile (``take_profile``), each schedule's own work at its messages on busy
+    cores and the sharing factor, measured in one group of processes
+    (``measure_overheads``, ``sharing_worker``)."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
-    from .race import Race, run_timed
+    from .race import Race
 
-    names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     in_flight = cfg.rule_options.get("max_in_flight", 0)
-    log(f"link: {link.name}")
-    rows = []
     for choice, conv in VALIDATION_NETS:
         n = min(cfg.N, 6) if conv else cfg.N
         vcfg = cfg.replace(CHOICE=choice, CONV=conv, N=n, TRAIN_SAMPLES=cfg.VALIDATE_SAMPLES, DEVICES="1,2")
@@ -751,45 +757,77 @@ def validate(cfg, link, log=print, save=None):
             sub = dataclasses.replace(sub, x_test=sub.x_test[:batch], y_test=sub.y_test[:batch])  # times, not accuracy
             net = build(vcfg, arch, meta)
             x, y = sub.x_train[:batch], sub.y_train[:batch]
+            name = f"{'conv ' if conv else ''}{choice}, batch {batch}"
+            log(f"  {name}: the profile, each schedule's own work and the cores' sharing")
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            # the schedules' own work at this workload's messages on busy cores, and the cores' sharing
             profile.overhead, pairs = measure_overheads(
                 profile, names if cfg.SCHEDULE_OVERHEAD else [], link, batch, cfg.MICROBATCHES, in_flight,
                 batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True, log=log,
                 before=(sharing_worker, net, x, y, SHARING_ROUNDS, SHARING_S), cut=trainers_cut(profile))
             share = sharing_of(pairs)
+            log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
                         microbatches=cfg.MICROBATCHES)
-            kw = {"batch": batch, "batches": len(sub.y_train) // batch, "link": link, "microbatches": cfg.MICROBATCHES,
-                  "max_in_flight": in_flight}
-            log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
-            before = machine_pace(net, x, y)
-            runs = {t: [] for t in names}
-            for r in range(cfg.VALIDATE_RUNS):  # each round in the other order: a drift falls on all alike
-                for t in names if r % 2 == 0 else names[::-1]:
-                    m = 1 if t == "bp-1t" else 2
-                    with threads(1):
-                        curve, about = run_timed(t, race)
-                    pace_s = before, machine_pace(net, x, y)  # the step's seconds just before and just after
-                    before = pace_s[1]
-                    if "bounds" in about:  # the forecast of the cuts the run took (its balancer timed them anew)
-                        profile.bounds[(_rule_of(t), m)] = about["bounds"]
-                    row = {"workload": f"{'conv ' if conv else ''}{choice}, batch {batch}",
-                           **validation_row(profile, t, m, curve, statistics.fmean(pace_s), share, **kw),
-                           "pace_s": pace_s, "epochs_s": steady_epochs(curve),
-                           "own_work_ms": 1e3 * profile.overhead.get(schedule_of(t), 0.0),
-                           **({"bounds": about["bounds"]} if "bounds" in about else {})}
-                    runs[t].append(row)
-                    if save is not None:
-                        save(rows + [median_run(v) for v in runs.values() if v])
-                    log(f"  {row['workload']:<22} {t:<20} M={m}: measured {row['measured_epoch_s']:6.2f} s, forecast "
-                        f"{row['forecast_epoch_s']:6.2f} s ({row['error']:+.1%}; the machine's pace "
-                        f"{row['pace']:.3f}; the first epoch {row['first_epoch_s']:6.2f} s)")
-            rows += [median_run(v) for v in runs.values()]
-    return rows
+            kw = {"batch": batch, "batches": len(sub.y_train) // batch, "link": link,
+                  "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight}
+            yield Workload(name, net, x, y, profile, share, race, kw)
+
+
+def validation_run(w, trainer, before):
+    """One timed run of ``trainer`` on Workload ``w`` (``harness.race.run_timed``) and its row
+    (``validation_row``), at the machine's pace read just ``before`` it (a step's seconds)
+    and just after it (the row's ``pace_s``)."""
+    from .race import run_timed
+
+    m = 1 if trainer == "bp-1t" else 2
+    with threads(1):
+        curve, about = run_timed(trainer, w.race)
+    pace_s = before, w.pace()
+    if "bounds" in about:  # the forecast of the cuts the run took
+        w.profile.bounds[(_rule_of(trainer), m)] = about["bounds"]
+    return {"workload": w.name, **validation_row(w.profile, trainer, m, curve, statistics.fmean(pace_s), w.sharing,
+                                                 **w.kw),
+            "pace_s": pace_s, "epochs_s": steady_epochs(curve),
+            "own_work_ms": 1e3 * w.profile.overhead.get(schedule_of(trainer), 0.0),
+            **({"bounds": about["bounds"]} if "bounds" in about else {})}
+
+
+def validate(cfg, link, log=print, save=None):
+    """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
+    x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2
+    (``validation_workloads``), measured (harness.race's trainers, VALIDATE_EPOCHS epochs of
+    VALIDATE_SAMPLES images: ``steady_epoch_s``) against the forecast from a one-thread
+    profile taken alone (its steps' variation included), with each schedule's own work at
+    the workload's messages and durations on busy cores (``measure_overheads``), over the
+    measured link, at the machine's speed measured in this process just before and after
+    each run (``machine_pace``; ``validation_row``; each row keeps both readings and its
+    steady epochs), the devices sharing this machine's cores by the factor measured once a
+    workload in the own work's processes (``sharing_worker``, ``sharing_of``), DDP's
+    all-reduce on the cores.  Every workload is measured first; then VALIDATE_RUNS rounds
+    each run every trainer on every workload, so that a workload's runs lie minutes
+    apart (the machine's speed drifts over minutes), and each row is the median run
+    (``median_run``)."""
+    names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
+    log(f"link: {link.name}")
+    workloads = list(validation_workloads(cfg, link, names, log))
+    runs = {(w.name, t): [] for w in workloads for t in names}
+    for r in range(cfg.VALIDATE_RUNS):
+        for w in workloads:
+            before = w.pace()
+            for t in names if r % 2 == 0 else names[::-1]:  # each round in the other order: a drift falls on all
+                row = validation_run(w, t, before)
+                before = row["pace_s"][1]
+                runs[(w.name, t)].append(row)
+                if save is not None:
+                    save([median_run(v) for v in runs.values() if v])
+                log(f"  round {r + 1}: {w.name:<22} {t:<20} M={row['devices']}: measured "
+                    f"{row['measured_epoch_s']:6.2f} s, forecast {row['forecast_epoch_s']:6.2f} s "
+                    f"({row['error']:+.1%}; the machine's pace {row['pace']:.3f}; the first epoch "
+                    f"{row['first_epoch_s']:6.2f} s)")
+    return [median_run(v) for v in runs.values()]
 
 
 # ---- the forecast race: accuracy per epoch (measured here) against forecast seconds ---------

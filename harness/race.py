@@ -14,7 +14,7 @@ import copy
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -58,6 +58,8 @@ class Race:
     coarse_epochs: int = 1  # multilevel: epochs of the coarse network (of ``epochs``)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # DEVICE: every trainer
     on_placement: object = None  # told where a launch's ranks ran (harness.launch.launch)
+    point_states: bool = True  # the points hold the parameters, to be evaluated (False: times and losses alone)
+    cuts: dict = field(default_factory=dict, repr=False)  # (rule, multiple) -> its cuts, balanced once a race
 
     def network(self, n_layers=None, h=None):
         torch.manual_seed(self.seed)
@@ -84,7 +86,7 @@ def threads(n):
 def _in_process(race, net):
     """The data on the race's device, and a recorder of every parameter of ``net``."""
     rec = recorder(dict(net.named_parameters()), len(race.data.y_train), race.batch_size, race.points_per_epoch,
-                   race.device)
+                   race.device, states=race.point_states)
     return race.data.to(race.device), rec
 
 
@@ -112,22 +114,27 @@ def _peer(race, schedule):
     net = race.network()
     bounds = () if schedule == "ddp" else tuple(_cuts(race, net, "exact"))  # DDP: the whole network a rank
     cfg = PeerConfig(epochs=race.epochs, lr=race.lr, batch_size=race.batch_size, seed=race.seed, schedule=schedule,
-                     microbatches=race.microbatches, points_per_epoch=race.points_per_epoch, bounds=bounds)
+                     microbatches=race.microbatches, points_per_epoch=race.points_per_epoch, bounds=bounds,
+                     point_states=race.point_states)
     out = _launch(race, ddp_worker if schedule == "ddp" else pipeline_worker, net, race.data, cfg)
     return [(net, out["points"])], {} if schedule == "ddp" else {"bounds": list(bounds)}
 
 
 def _cuts(race, net, rule, multiple=1):
-    """Cuts balanced on the rule's costs, measured as a rank would (``rank_costs``)."""
-    costs = rank_costs(net, race.data, race.batch_size, race.processes, device=str(race.device),
-                       threads=race.rank_threads(), rule=rule)
-    return balanced_bounds(costs, race.processes, multiple)
+    """Cuts balanced on the rule's costs, measured as a rank would (``rank_costs``), once a
+    race (``race.cuts``): GPipe, 1F1B and the exact rule cut alike, and a trainer run again
+    takes the cuts it took."""
+    if (rule, multiple) not in race.cuts:
+        costs = rank_costs(net, race.data, race.batch_size, race.processes, device=str(race.device),
+                           threads=race.rank_threads(), rule=rule)
+        race.cuts[(rule, multiple)] = balanced_bounds(costs, race.processes, multiple)
+    return race.cuts[(rule, multiple)]
 
 
 def _pipeline_config(race, rule, epochs, teach=False):
     rule = make_rule(rule, **{**race.rule_options, "teach": True} if teach else race.rule_options)
     return PipelineConfig(rule=rule, epochs=epochs, lr=race.lr, batch_size=race.batch_size, seed=race.seed,
-                          verbose=False, points_per_epoch=race.points_per_epoch)
+                          verbose=False, points_per_epoch=race.points_per_epoch, point_states=race.point_states)
 
 
 def _pipeline(race, rule):
@@ -215,8 +222,9 @@ def run_trainer(name, race):
 
 def run_timed(name, race):
     """Train with ``name`` for its times alone: its points [{seconds, epoch, loss}] (no
-    accuracy: none of them is evaluated) and what the trainer tells of itself."""
-    segments, about = _trainer(name)(race)
+    accuracy: none of them is evaluated, nor holds the parameters) and what the trainer
+    tells of itself."""
+    segments, about = _trainer(name)(replace(race, point_states=False))
     return [{"seconds": p.seconds, "epoch": p.epoch, "loss": p.loss} for _, points in segments for p in points], about
 
 

@@ -38,8 +38,10 @@ class Recorder(Hooks):
     loss where this process has one); ``epoch_end()`` once an epoch's work is done;
     ``paused()`` around any other work that is not training (evaluation, logging)."""
 
-    def __init__(self, held, batches_per_epoch, points_per_epoch=1, device=None, *, epoch=0, seconds=0.0):
-        self.held, self.device = dict(held), device
+    def __init__(self, held, batches_per_epoch, points_per_epoch=1, device=None, *, epoch=0, seconds=0.0,
+                 states=True):
+        # states=False: the points keep their times and losses, no parameters (a run timed, never evaluated)
+        self.held, self.device = (dict(held) if states else {}), device
         n, p = batches_per_epoch, max(1, min(points_per_epoch, batches_per_epoch))
         self.due = {round(k * n / p) for k in range(1, p)}  # mid-epoch points: after these many batches
         self.n_batches, self.epoch, self.b = n, epoch, 0
@@ -104,11 +106,12 @@ class Recorder(Hooks):
             sync(self.device)
 
 
-def recorder(held, n_samples, batch_size, points_per_epoch, device=None, epoch=0):
-    """A Recorder of ``points_per_epoch`` points an epoch, or OFF when that is 0."""
+def recorder(held, n_samples, batch_size, points_per_epoch, device=None, epoch=0, states=True):
+    """A Recorder of ``points_per_epoch`` points an epoch, or OFF when that is 0;
+    ``states=False``: its points hold no parameters."""
     if points_per_epoch <= 0:
         return OFF
-    return Recorder(held, -(-n_samples // batch_size), points_per_epoch, device, epoch=epoch)
+    return Recorder(held, -(-n_samples // batch_size), points_per_epoch, device, epoch=epoch, states=states)
 
 
 def gather_points(points, replicated=False):

@@ -170,7 +170,8 @@ def stage_worker(ctx, cnet, data, cfg: PipelineConfig):
     checkpoints = run_dir if cfg.checkpoint_every > 0 else None
     start, hist = _resume(stage, checkpoints, ctx, cfg.verbose)
     prior_seconds = sum(hist["seconds"])
-    rec = recorder(_owned(stage), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, ctx.device, start)
+    rec = recorder(_owned(stage), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, ctx.device, start,
+                   states=cfg.point_states)
     dist.barrier()
     prof.start()
     t_start = time.perf_counter()

@@ -39,6 +39,7 @@ class PeerConfig:
     microbatches: int = 4  # pipelining: micro-batches per batch
     bounds: tuple = ()  # pipelining: the layer range of each stage (default: even)
     points_per_epoch: int = 0  # points of a training curve an epoch (0: none)
+    point_states: bool = True  # the points hold the parameters (False: their times and losses alone)
 
 
 class Piece(nn.Module):
@@ -77,7 +78,8 @@ def ddp_worker(ctx, net, data, cfg: PeerConfig):
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     data = data.to(dev)
     # every rank copies its parameters at a point: the same pauses everywhere
-    rec = recorder(dict(net.named_parameters()), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, dev)
+    rec = recorder(dict(net.named_parameters()), len(data.y_train), cfg.batch_size, cfg.points_per_epoch, dev,
+                   states=cfg.point_states)
     dist.barrier()
     t0 = time.perf_counter()
     rec.start()
@@ -120,7 +122,7 @@ def pipeline_worker(ctx, net, data, cfg: PeerConfig):
     data = data.to(dev)
     mine = set(map(id, own))
     rec = recorder({n: p for n, p in net.named_parameters() if id(p) in mine}, len(data.y_train), cfg.batch_size,
-                   cfg.points_per_epoch, dev)
+                   cfg.points_per_epoch, dev, states=cfg.point_states)
     dist.barrier()
     t0 = time.perf_counter()
     rec.start()

@@ -39,6 +39,7 @@ class PipelineConfig:
     checkpoint_every: int = 0  # epochs between checkpoints (0: none); the last epoch always
     timeline_batches: int = 8  # batches of the profile's timeline (the first ones)
     points_per_epoch: int = 0  # one stage per process: points of a training curve an epoch (0: none)
+    point_states: bool = True  # the points hold the parameters (False: their times and losses alone)
     balance: str | None = None  # one stage per process: the ranks choose the cuts ("cost" or "even"; None: keep)
 
     def __post_init__(self):

@@ -256,6 +256,36 @@ def test_repeated_validation_runs_give_the_row_of_the_run_with_the_median_error(
     assert median_run(runs[:1]) == runs[0]
 
 
+def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_median_run(monkeypatch):
+    """A workload's runs lie a round apart, minutes on the real networks (the machine's
+    speed drifts over minutes): every workload is measured first, each round runs every
+    trainer on every workload, in the other order the next round."""
+    import types
+
+    from harness import forecast as fc
+    from harness.configs import ForecastRun
+
+    order = []
+    workloads = [types.SimpleNamespace(name=n, pace=lambda: 1.0) for n in ("a", "b")]
+    monkeypatch.setattr(fc, "validation_workloads", lambda cfg, link, names, log: iter(workloads))
+
+    def run(w, trainer, before):
+        order.append((w.name, trainer))
+        k = sum(1 for o in order if o == (w.name, trainer))  # this pair's k-th run: errors 0.3, 0.1, 0.2
+        return {"workload": w.name, "trainer": trainer, "devices": 1 if trainer == "bp-1t" else 2,
+                "error": (0.3, 0.1, 0.2)[k - 1], "pace_s": (before, 1.0), "measured_epoch_s": 1.0,
+                "forecast_epoch_s": 1.0, "pace": 1.0, "first_epoch_s": 1.0}
+
+    monkeypatch.setattr(fc, "validation_run", run)
+    cfg = ForecastRun().replace(TRAINERS="ddp,pipeline-local", VALIDATE_RUNS=3)
+    rows = fc.validate(cfg, LINKS["free"], log=lambda *a: None)
+    one = [("a", "bp-1t"), ("a", "ddp"), ("a", "pipeline-local"), ("b", "bp-1t"), ("b", "ddp"), ("b", "pipeline-local")]
+    two = [("a", "pipeline-local"), ("a", "ddp"), ("a", "bp-1t"), ("b", "pipeline-local"), ("b", "ddp"), ("b", "bp-1t")]
+    assert order == one + two + one
+    assert [(r["workload"], r["trainer"], r["error"], len(r["runs"])) for r in rows] == \
+        [(w, t, 0.2, 3) for w, t in one]
+
+
 def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_first():
     from harness.forecast import steady_epoch_s, steady_epochs
 

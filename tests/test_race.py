@@ -92,6 +92,27 @@ def test_a_run_for_its_times_alone_evaluates_no_point(monkeypatch):
     assert all("test_acc" not in p for p in curve)
 
 
+def test_a_timed_run_keeps_no_parameters_and_a_race_balances_each_rules_cuts_once(monkeypatch):
+    """A run timed for the validation copies no parameters at its points (a dense network's
+    are tens of megabytes a point, handed back by every process); GPipe, 1F1B and the
+    exact rule cut alike, and a trainer run again takes the cuts it took."""
+    taken = []
+    monkeypatch.setattr(racing, "fit", lambda *a, recorder, **k: (recorder.start(), recorder.epoch_end(),
+                                                                   taken.append(recorder.points)))
+    data = datasets.load("DIGITS").head(128)
+    race = racing.Race(build=lambda k, h: build_model("verlet", data.info.shape, 10, k, h, width=64), n_layers=4,
+                       h=0.5, data=data, epochs=1, batch_size=64, lr=1e-3, points_per_epoch=1)
+    racing.run_timed("bp-1t", race)
+    racing.run_trainer("bp-1t", race)
+    assert [len(p.state) for p in taken[0]] == [0, 0] and all(len(p.state) > 0 for p in taken[1])
+    timed = []
+    monkeypatch.setattr(racing, "rank_costs", lambda *a, rule, **k: timed.append(rule) or rule)
+    monkeypatch.setattr(racing, "balanced_bounds", lambda costs, m, multiple: [(0, 2), (2, 4)])
+    net = race.network()
+    cuts = [racing._cuts(race, net, rule) for rule in ("exact", "exact", "delayed", "exact")]
+    assert timed == ["exact", "delayed"] and cuts[0] is cuts[1] is cuts[3] and cuts[0] == [(0, 2), (2, 4)]
+
+
 def test_the_race_of_two_backprops_writes_its_outputs(tmp_path):
     from scripts import race
 
