@@ -62,7 +62,7 @@ class Profile:
     costs: dict = field(default_factory=dict)  # rule -> its Costs (measure_costs), for its extra work
     bounds: dict = field(default_factory=dict)  # (rule, M) -> the cuts: the balancer's, or a run's own
     microbatch: dict = field(default_factory=dict)  # micro-batch size -> Microbatching (GPipe, 1F1B)
-    overhead: dict = field(default_factory=dict)  # schedule (ddp, gpipe, 1f1b, pipeline) -> its seconds an operation
+    overhead: dict = field(default_factory=dict)  # schedule_of(trainer) -> its own work's seconds an operation
     variation: dict = field(default_factory=dict)  # batch size -> its steps' seconds over their mean (``variation``)
 
     def extra(self, rule, m):
@@ -302,7 +302,7 @@ def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_fl
         (whole,) = stage_costs(profile, [(0, n)], batch)
         return simulate.backprop(whole, batches), [whole], False, None
     run = trainer_run(profile, trainer, m, batch, batches, microbatches, max_in_flight)
-    tl = run.timeline(link, profile.overhead.get(run.schedule, 0.0), host_comm=host_comm)
+    tl = run.timeline(link, profile.overhead.get(schedule_of(trainer), 0.0), host_comm=host_comm)
     if trainer == "ddp":
         return tl, stage_costs(profile, [(0, n)], batch // m) * m, False, None  # every device's memory
     if run.schedule != "pipeline":
@@ -520,10 +520,12 @@ def take_profile(net, x, y, names, devices, microbatches, repeats, log=print):
 
 def schedule_of(trainer):
     """The schedule whose own work a trainer pays an operation (``measure_overheads``):
-    ddp, gpipe, 1f1b, or pipeline (ours, whatever its rule); None for backprop."""
-    if trainer in ("ddp", "gpipe", "1f1b"):
+    ddp, gpipe, 1f1b, or pipeline-<rule> (ours at the rule's delays, its gradients sent
+    back or not: the exact rule's stages take turns, a decoupled rule's compute at once,
+    and their messages' own work differs with it); None for backprop."""
+    if trainer in ("ddp", "gpipe", "1f1b") or trainer.startswith("pipeline-"):
         return trainer
-    return "pipeline" if trainer.startswith("pipeline-") else None
+    return None
 
 
 def schedules_of(names):
@@ -556,7 +558,8 @@ def trainers_cut(profile):
 def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=0, busy=False, cut=None):
     """The SleepRun that measures ``schedule``'s own work on 2 processes: the profile's
     states at ``cut`` (DDP: its layers' sizes at batch / 2 a device), its stages computing
-    their durations with ``busy``, else doing nothing.  ``cut`` defaults to the middle
+    their durations with ``busy`` (a pipeline's rule's extra work too), else doing nothing;
+    a pipeline at its rule's delays (``rule_delays``).  ``cut`` defaults to the middle
     layer: one figure stands for every cut on M devices, most of them inside the
     network.  A conv network's state differs from cut to cut (the first unit's is twice
     the second's), and so do its messages' costs: the validation measures at the cut
@@ -566,11 +569,18 @@ def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=
         return SleepRun("ddp", layers if busy else [StageCost(0.0, 0.0, param_bytes=c.param_bytes) for c in layers],
                         batches, batch)
     cut = profile.n_layers // 2 if cut is None else cut
-    mbs = 1 if schedule == "pipeline" else microbatches_of(schedule, 2, microbatches)
-    stages = stage_costs(profile, [(0, cut), (cut, profile.n_layers)], batch // mbs, microbatches=mbs) if busy \
+    bounds = [(0, cut), (cut, profile.n_layers)]
+    if schedule.startswith("pipeline-"):
+        rule = _rule_of(schedule)
+        extra = [profile.costs[rule].extra(s, a, b, 2) for s, (a, b) in enumerate(bounds)] \
+            if rule in profile.costs else None
+        stages = stage_costs(profile, bounds, batch, extra) if busy \
+            else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * batch), StageCost(0.0, 0.0)]
+        return SleepRun("pipeline", stages, batches, batch, delays=tuple(rule_delays(rule, 2, max_in_flight)),
+                        receives=rule_class(rule).receives_gradients)
+    mbs = microbatches_of(schedule, 2, microbatches)
+    stages = stage_costs(profile, bounds, batch // mbs, microbatches=mbs) if busy \
         else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * (batch // mbs)), StageCost(0.0, 0.0)]
-    if schedule == "pipeline":
-        return SleepRun("pipeline", stages, batches, batch, delays=tuple(delay(max_in_flight, s, 2) for s in range(2)))
     return SleepRun(schedule, stages, batches, batch, microbatches=mbs)
 
 
@@ -578,8 +588,9 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
                       log=print, before=None, cut=None):
     """({schedule: seconds of its own work per forward or backward operation}, before's
     value) for each schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our
-    pipeline): its sleep workload (``own_work_run``, at ``cut``) for ``batches`` batches of ``batch``
-    on 2 processes over ``link``'s transport (gloo here), and the seconds o that make the
+    pipeline under each rule: ``schedule_of``): its sleep workload (``own_work_run``, at
+    ``cut``) for ``batches`` batches of ``batch`` on 2 processes over ``link``'s transport
+    (gloo here), and the seconds o that make the
     simulated schedule, every forward and backward o longer, take as long
     (``overhead_for``), the median over ``rounds`` runs (a stall of a few milliseconds
     moves one run by half).  Every run, and ``before`` (fn, *args; ``sharing_worker``),
@@ -592,13 +603,12 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
     transports' threads take their compute's cores)."""
     from .sleep_workload import measure_sleep
 
-    schedules = schedules_of(names)
-    runs = [own_work_run(profile, s, batch, batches, microbatches, max_in_flight, busy, cut)
-            for s in schedules] * rounds
+    schedules = schedules_of(names) * rounds
+    runs = [own_work_run(profile, s, batch, batches, microbatches, max_in_flight, busy, cut) for s in schedules]
     head, measured = measure_sleep(runs, busy, before) if runs or before else (None, [])
     found = {}
-    for run, (seconds, sharing) in zip(runs, measured):
-        found.setdefault(run.schedule, []).append(overhead_for(run, link, seconds, sharing, host_comm=busy))
+    for schedule, run, (seconds, sharing) in zip(schedules, runs, measured):
+        found.setdefault(schedule, []).append(overhead_for(run, link, seconds, sharing, host_comm=busy))
     out = {s: statistics.median(v) for s, v in found.items()}
     if out:
         log(f"each schedule's own work an operation{' on busy cores' if busy else ''} (the median of its runs; "

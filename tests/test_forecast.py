@@ -124,7 +124,7 @@ def test_gpipe_pays_for_its_micro_batches_and_each_schedule_for_its_own_work_per
     add_rule(profile, Costs([3.0] * 8, cuts={}, layer_extra=[]), "exact", 2)
     kw = {"batch": 64, "batches": 10, "link": LINKS["free"], "microbatches": 4}
     before = {t: forecast(profile, t, 2, **kw)["epoch_s"] for t in ("gpipe", "pipeline-exact")}
-    profile.overhead = {"gpipe": 0.5, "pipeline": 0.25}
+    profile.overhead = {"gpipe": 0.5, "pipeline-exact": 0.25, "pipeline-delayed": 9.0}
     # GPipe, 10 batches: 4 forwards and 4 backwards on one stage, 2 more waited for each way
     assert forecast(profile, "gpipe", 2, **kw)["epoch_s"] == pytest.approx(before["gpipe"] + 10 * 10 * 0.5)
     # the exact pipeline runs in lockstep: every stage's forward and backward a batch in turn
@@ -171,13 +171,30 @@ def test_the_validation_measures_each_schedules_own_work_at_the_cut_its_runs_tak
     t = LayerTimes([0.002] * 4, [0.004] * 4, [0.0] * 4)
     profile = Profile({64: t, 16: t}, [8, 8, 4, 4, 4], [1000] * 4)  # bytes a sample entering each layer
     assert trainers_cut(profile) == 2  # no cut measured: balanced on the profile's times
-    assert own_work_run(profile, "pipeline", 64, 5, 4).stages[0].out_bytes == 4 * 64  # the middle
+    assert own_work_run(profile, "pipeline-exact", 64, 5, 4).stages[0].out_bytes == 4 * 64  # the middle
     profile.bounds[("exact", 2)] = [(0, 1), (1, 4)]
-    for schedule, samples in (("pipeline", 64), ("gpipe", 16)):  # gpipe: a micro-batch of 64 / 4
+    for schedule, samples in (("pipeline-delayed", 64), ("gpipe", 16)):  # gpipe: a micro-batch of 64 / 4
         cut = trainers_cut(profile)
         assert own_work_run(profile, schedule, 64, 5, 4, cut=cut).stages[0].out_bytes == 8 * samples
         busy = own_work_run(profile, schedule, 64, 5, 4, busy=True, cut=cut).stages
         assert [s.forward for s in busy] == pytest.approx([0.002, 0.006])
+
+
+def test_our_pipelines_own_work_is_measured_under_each_rules_own_schedule():
+    """The exact rule's stages take turns, a decoupled rule's compute at once, and a local
+    rule sends no gradient back: each rule's own work is measured at its delays, with its
+    extra work, and each trainer pays its own rule's figure."""
+    from harness.forecast import own_work_run, schedule_of, schedules_of
+
+    t = LayerTimes([0.002] * 4, [0.004] * 4, [0.0] * 4)
+    profile = Profile({64: t, 16: t}, [8] * 5, [1000] * 4)
+    add_rule(profile, Costs([0.006] * 4, cuts={2: 0.003}, layer_extra=[]), "local", 2)
+    runs = {r: own_work_run(profile, f"pipeline-{r}", 64, 5, 4, busy=True) for r in ("exact", "delayed", "local")}
+    assert {r: (run.delays, run.receives) for r, run in runs.items()} == {
+        "exact": ((0, 0), True), "delayed": ((1, 1), True), "local": ((1, 1), False)}
+    assert runs["local"].stages[0].extra > 0 == runs["exact"].stages[0].extra
+    assert schedules_of(["bp-1t", "pipeline-local", "gpipe", "pipeline-exact"]) == \
+        ["gpipe", "pipeline-exact", "pipeline-local"] and schedule_of("bp-all") is None
 
 
 @pytest.mark.slow
@@ -191,11 +208,11 @@ def test_two_processes_measure_each_schedules_own_work_idle_and_computing(gloo_l
     profile = Profile({64: t, 32: t, 16: t}, [4 * 64] * 5, [1000] * 4)
     found, none = measure_overheads(profile, ["pipeline-local", "bp-1t", "1f1b", "ddp"], gloo_link, 64, 4,
                                     batches=20, rounds=1, busy=busy, log=lambda s: None)
-    assert set(found) == {"pipeline", "1f1b", "ddp"} and all(0 <= o < 0.05 for o in found.values())
+    assert set(found) == {"pipeline-local", "1f1b", "ddp"} and all(0 <= o < 0.05 for o in found.values())
     # idle cores: the schedule's own work is all there is; busy cores: one run's own work
     # (about 1 ms) is within the noise of two processes computing on two cores, and reads
     # 0 in about one run of ten (the validation takes the median of OWN_WORK_ROUNDS runs)
-    assert (found["pipeline"] > 0 if not busy else max(found.values()) > 0) and none is None
+    assert (found["pipeline-local"] > 0 if not busy else max(found.values()) > 0) and none is None
 
 
 def test_the_profile_counts_every_layers_bytes_and_times_at_each_batch_size():
