@@ -585,27 +585,26 @@ def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=
 
 
 def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0, batches=40, rounds=3, busy=False,
-                      log=print, before=None, cut=None):
-    """({schedule: seconds of its own work per forward or backward operation}, before's
-    value) for each schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our
-    pipeline under each rule: ``schedule_of``): its sleep workload (``own_work_run``, at
-    ``cut``) for ``batches`` batches of ``batch`` on 2 processes over ``link``'s transport
-    (gloo here), and the seconds o that make the
-    simulated schedule, every forward and backward o longer, take as long
-    (``overhead_for``), the median over ``rounds`` runs (a stall of a few milliseconds
-    moves one run by half).  Every run, and ``before`` (fn, *args; ``sharing_worker``),
-    share one group of processes (``measure_sleep``).  Its stages do nothing, or with
-    ``busy`` compute the profile's durations (``harness.sleep_workload.Work``, their
-    sharing of the cores measured in the same run; DDP's all-reduce on those cores).
-    That is the host's work of splitting, queueing, receiving, bucketing and bookkeeping
-    that a profile of the layers does not hold, on idle cores (a device's host) or on
-    the cores the processes compute on (two processes on this machine, whose
-    transports' threads take their compute's cores)."""
+                      log=print, cut=None):
+    """{schedule: seconds of its own work per forward or backward operation} for each
+    schedule of ``names`` (torch's DDP, ScheduleGPipe and Schedule1F1B, our pipeline
+    under each rule: ``schedule_of``): its sleep workload (``own_work_run``, at ``cut``)
+    for ``batches`` batches of ``batch`` on 2 processes over ``link``'s transport (gloo
+    here), and the seconds o that make the simulated schedule, every forward and backward
+    o longer, take as long (``overhead_for``), the median over ``rounds`` runs (a stall
+    of a few milliseconds moves one run by half).  Every run shares one group of
+    processes (``measure_sleep``).  Its stages do nothing, or with ``busy`` compute the
+    profile's durations (``harness.sleep_workload.Work``, their sharing of the cores
+    measured in the same run; DDP's all-reduce on those cores).  That is the host's work
+    of splitting, queueing, receiving, bucketing and bookkeeping that a profile of the
+    layers does not hold, on idle cores (a device's host) or on the cores the processes
+    compute on (two processes on this machine, whose transports' threads take their
+    compute's cores)."""
     from .sleep_workload import measure_sleep
 
     schedules = schedules_of(names) * rounds
     runs = [own_work_run(profile, s, batch, batches, microbatches, max_in_flight, busy, cut) for s in schedules]
-    head, measured = measure_sleep(runs, busy, before) if runs or before else (None, [])
+    measured = measure_sleep(runs, busy)
     found = {}
     for schedule, run, (seconds, sharing) in zip(schedules, runs, measured):
         found.setdefault(schedule, []).append(overhead_for(run, link, seconds, sharing, host_comm=busy))
@@ -614,7 +613,7 @@ def measure_overheads(profile, names, link, batch, microbatches, max_in_flight=0
         log(f"each schedule's own work an operation{' on busy cores' if busy else ''} (the median of its runs; "
             "their range): " + ", ".join(f"{k} {1e3 * v:.2f} ms ({1e3 * min(found[k]):.2f}-{1e3 * max(found[k]):.2f})"
                                          for k, v in out.items()))
-    return out, head
+    return out
 
 
 def forecast_table(profile, names, devices, *, batch, batches, link, microbatches, max_in_flight=0, vary=True):
@@ -641,13 +640,15 @@ VALIDATE_EPOCHS = 2  # a validation run's epochs: the first pays for starting, t
 # runs of 16 and of 48 batches spread alike (docs/RESULTS.md): the machine's speed swings
 # over seconds, and a run's residual grows with its length
 BUSY_BATCHES = 8
-# rounds of each schedule's own work and of the sharing factor a workload (the median of
-# each): in one validation the median of all five rounds of own work gave the real work
+# rounds of each schedule's own work a workload (the median): in one validation the
+# median of all five rounds of own work gave the real work
 # a median error of 5.3 % (worst 26.3 %), that of the first three 6.9 % (21.8 %); three
 # rounds take about 1.8 minutes less, which VALIDATE's 20 minutes need (docs/RESULTS.md)
 OWN_WORK_ROUNDS = 3  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
-SHARING_ROUNDS = 5  # rounds of the sharing factor a workload: one round's ratio wanders 0.93-1.16
+# rounds of the sharing factor (the median) just before each round of a workload's runs:
+# one round's ratio wanders 0.93-1.16, and the factor drifts with the machine over minutes
+SHARING_ROUNDS = 3
 
 
 def steady_epochs(curve):
@@ -689,11 +690,12 @@ def sharing_of(pairs):
     return max(statistics.median(together / alone for alone, together in pairs), 1.0)
 
 
-def sharing_factor(net, x, y, processes=2, rounds=SHARING_ROUNDS):
-    """``sharing_of`` ``rounds`` of ``sharing_worker`` on ``processes`` one-thread processes."""
+def sharing_factor(net, x, y, processes=2, rounds=SHARING_ROUNDS, min_s=SHARING_S):
+    """``sharing_of`` ``rounds`` of ``sharing_worker`` (``min_s`` seconds of steps alone and
+    together) on ``processes`` one-thread processes."""
     from .launch import launch
 
-    return sharing_of(launch(sharing_worker, processes, (net, x, y, rounds), threads=1, device="cpu"))
+    return sharing_of(launch(sharing_worker, processes, (net, x, y, rounds, min_s), threads=1, device="cpu"))
 
 
 def machine_pace(net, x, y):
@@ -739,19 +741,20 @@ class Workload:
     x: torch.Tensor  # one batch
     y: torch.Tensor
     profile: Profile  # taken alone, one thread; its ``overhead`` on busy cores
-    sharing: float  # two processes computing at once against one alone (``sharing_of``)
     race: object  # harness.race.Race: the trainers' runs
     kw: dict  # the forecast's arguments (batch, batches, link, ...)
 
     def pace(self):
         return machine_pace(self.net, self.x, self.y)
 
+    def sharing(self):
+        return sharing_factor(self.net, self.x, self.y)
+
 
 def validation_workloads(cfg, link, names, log=print):
     """A Workload for each network of VALIDATION_NETS at BATCH_SIZE and BATCH_SIZE / 2: its
-    one-thread profile (``take_profile``), each schedule's own work at its messages on busy
-    cores and the sharing factor, measured in one group of processes
-    (``measure_overheads``, ``sharing_worker``)."""
+    one-thread profile (``take_profile``) and each schedule's own work at its messages on
+    busy cores (``measure_overheads``)."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race
@@ -768,28 +771,26 @@ def validation_workloads(cfg, link, names, log=print):
             net = build(vcfg, arch, meta)
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             name = f"{'conv ' if conv else ''}{choice}, batch {batch}"
-            log(f"  {name}: the profile, each schedule's own work and the cores' sharing")
+            log(f"  {name}: the profile and each schedule's own work")
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            profile.overhead, pairs = measure_overheads(
+            profile.overhead = measure_overheads(
                 profile, names if cfg.SCHEDULE_OVERHEAD else [], link, batch, cfg.MICROBATCHES, in_flight,
-                batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True, log=log,
-                before=(sharing_worker, net, x, y, SHARING_ROUNDS, SHARING_S), cut=trainers_cut(profile))
-            share = sharing_of(pairs)
-            log(f"  two processes computing at once: each {share:.3f}x slower than one alone")
+                batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True, log=log, cut=trainers_cut(profile))
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
                         microbatches=cfg.MICROBATCHES)
             kw = {"batch": batch, "batches": len(sub.y_train) // batch, "link": link,
                   "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight}
-            yield Workload(name, net, x, y, profile, share, race, kw)
+            yield Workload(name, net, x, y, profile, race, kw)
 
 
-def validation_run(w, trainer, before):
+def validation_run(w, trainer, before, sharing):
     """One timed run of ``trainer`` on Workload ``w`` (``harness.race.run_timed``) and its row
     (``validation_row``), at the machine's pace read just ``before`` it (a step's seconds)
-    and just after it (the row's ``pace_s``)."""
+    and just after it (the row's ``pace_s``), two processes sharing the cores by
+    ``sharing``."""
     from .race import run_timed
 
     m = 1 if trainer == "bp-1t" else 2
@@ -798,7 +799,7 @@ def validation_run(w, trainer, before):
     pace_s = before, w.pace()
     if "bounds" in about:  # the forecast of the cuts the run took
         w.profile.bounds[(_rule_of(trainer), m)] = about["bounds"]
-    return {"workload": w.name, **validation_row(w.profile, trainer, m, curve, statistics.fmean(pace_s), w.sharing,
+    return {"workload": w.name, **validation_row(w.profile, trainer, m, curve, statistics.fmean(pace_s), sharing,
                                                  **w.kw),
             "pace_s": pace_s, "epochs_s": steady_epochs(curve),
             "own_work_ms": 1e3 * w.profile.overhead.get(schedule_of(trainer), 0.0),
@@ -814,11 +815,11 @@ def validate(cfg, link, log=print, save=None):
     the workload's messages and durations on busy cores (``measure_overheads``), over the
     measured link, at the machine's speed measured in this process just before and after
     each run (``machine_pace``; ``validation_row``; each row keeps both readings and its
-    steady epochs), the devices sharing this machine's cores by the factor measured once a
-    workload in the own work's processes (``sharing_worker``, ``sharing_of``), DDP's
-    all-reduce on the cores.  Every workload is measured first; then VALIDATE_RUNS rounds
-    each run every trainer on every workload, so that a workload's runs lie minutes
-    apart (the machine's speed drifts over minutes), and each row is the median run
+    steady epochs), the devices sharing this machine's cores by the factor measured just
+    before the workload's round of runs (``sharing_factor``), DDP's all-reduce on the
+    cores.  Every workload is measured first; then VALIDATE_RUNS rounds each run every
+    trainer on every workload, so that a workload's runs lie minutes apart (the
+    machine's speed drifts over minutes), and each row is the median run
     (``median_run``)."""
     names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     log(f"link: {link.name}")
@@ -826,9 +827,11 @@ def validate(cfg, link, log=print, save=None):
     runs = {(w.name, t): [] for w in workloads for t in names}
     for r in range(cfg.VALIDATE_RUNS):
         for w in workloads:
+            sharing = w.sharing() if any(t != "bp-1t" for t in names) else 1.0
+            log(f"  round {r + 1}: {w.name}: two processes computing at once, each {sharing:.3f}x slower than alone")
             before = w.pace()
             for t in names if r % 2 == 0 else names[::-1]:  # each round in the other order: a drift falls on all
-                row = validation_run(w, t, before)
+                row = validation_run(w, t, before, sharing)
                 before = row["pace_s"][1]
                 runs[(w.name, t)].append(row)
                 if save is not None:
@@ -919,9 +922,8 @@ def validate_sleep(cfg, profile, names, link, min_sleep_s=0.1, log=print, save=N
             stages, k = scaled_stages(run.stages, min_sleep_s)
             runs.append(dataclasses.replace(run, stages=stages))
             scales.append((t, k))
-        _, measured = measure_sleep(runs) if runs else (None, [])
-        for run, (t, k), (seconds, _) in zip(runs, scales, measured):
-            predicted = run.timeline(link, profile.overhead.get(run.schedule, 0.0)).run().makespan
+        for run, (t, k), (seconds, _) in zip(runs, scales, measure_sleep(runs)):
+            predicted = run.timeline(link, profile.overhead.get(schedule_of(t), 0.0)).run().makespan
             row = {"trainer": t, "devices": m, "workload": f"sleep x{k:.0f}", "measured_epoch_s": seconds,
                    "forecast_epoch_s": predicted, "error": predicted / seconds - 1}
             rows.append(row)
@@ -1013,7 +1015,7 @@ def forecast_main(cfg):
     if cfg.SCHEDULE_OVERHEAD or cfg.VALIDATE:
         here = links[0] if cfg.LINK == "measured" else measure_link()[0]
     if cfg.SCHEDULE_OVERHEAD:
-        profile.overhead, _ = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
+        profile.overhead = measure_overheads(profile, names, here, batch, cfg.MICROBATCHES, in_flight)
     kw = {"batch": batch, "link": links[0], "microbatches": cfg.MICROBATCHES, "max_in_flight": in_flight,
           "vary": cfg.VARY}
     tables = {}

@@ -308,17 +308,15 @@ class SleepRun:
         return simulate.decoupled_pipeline(stages, self.batches, self.delays, link, self.receives)
 
 
-def runs_worker(ctx, runs, busy, before=None):
-    """``before`` (fn, *args: fn(ctx, *args), e.g. ``harness.forecast.sharing_worker``),
-    then every SleepRun of ``runs`` in turn in these processes; rank 0 returns (before's
-    value, [(seconds, sharing factor)] a run).  With ``busy`` the stages compute
+def runs_worker(ctx, runs, busy):
+    """Every SleepRun of ``runs`` in turn in these processes; rank 0 returns [(seconds,
+    sharing factor)] a run.  With ``busy`` the stages compute
     (``Work``) instead of sleeping: each rank calibrates its product alone in turn, and
     for each run every rank computes at once (their sharing factor: the mean over the
     ranks of that work's seconds over what it took alone, at least 1), the schedule runs,
     and each rank calibrates alone again; its seconds are divided by the machine's drift
     during it (the mean of the two calibrations over the first, the ranks' mean), as the
     ranks' work lasted that much longer than the durations it stood for."""
-    head = before[0](ctx, *before[1:]) if before else None
     unit = _alone_in_turn(ctx) if busy else None
     out = []
     for run in runs:
@@ -335,24 +333,26 @@ def runs_worker(ctx, runs, busy, before=None):
         sharing, drift = (shared / ctx.world_size).tolist()
         out.append((seconds / drift if ctx.is_main else None, max(sharing, 1.0)))
         unit = after
-    return (head, out) if ctx.is_main else None
+    return out if ctx.is_main else None
 
 
-def measure_sleep(runs, busy=False, before=None, processes=2):
-    """(before's value, [(seconds, sharing factor)] a run) of the SleepRuns ``runs`` (one
-    count of processes; ``processes`` when there are none) in one group of processes
-    (``runs_worker``); without ``busy`` the stages sleep and the sharing factors are 1."""
+def measure_sleep(runs, busy=False):
+    """[(seconds, sharing factor)] a run of the SleepRuns ``runs`` (one count of processes)
+    in one group of processes (``runs_worker``); without ``busy`` the stages sleep and the
+    sharing factors are 1."""
     from .launch import launch
 
-    counts = {run.processes for run in runs} or {processes}
+    if not runs:
+        return []
+    counts = {run.processes for run in runs}
     if len(counts) > 1:
         raise ValueError(f"the runs of one group of processes need one count of processes; got {sorted(counts)}")
     (m,) = counts
-    return launch(runs_worker, m, (runs, busy, before), threads=1, device="cpu", timeout_s=600)
+    return launch(runs_worker, m, (runs, busy), threads=1, device="cpu", timeout_s=600)
 
 
 def run_sleep(run, link, overhead=0.0):
     """(measured seconds, forecast seconds) of the SleepRun ``run``; the forecast with
     ``overhead`` seconds of the schedule's own work per forward and backward operation."""
-    _, ((measured, _),) = measure_sleep([run])
+    ((measured, _),) = measure_sleep([run])
     return measured, run.timeline(link, overhead).run().makespan
