@@ -640,11 +640,11 @@ VALIDATE_EPOCHS = 2  # a validation run's epochs: the first pays for starting, t
 # runs of 16 and of 48 batches spread alike (docs/RESULTS.md): the machine's speed swings
 # over seconds, and a run's residual grows with its length
 BUSY_BATCHES = 8
-# rounds of each schedule's own work a workload (the median): in one validation the
-# median of all five rounds of own work gave the real work
-# a median error of 5.3 % (worst 26.3 %), that of the first three 6.9 % (21.8 %); three
-# rounds take about 1.8 minutes less, which VALIDATE's 20 minutes need (docs/RESULTS.md)
-OWN_WORK_ROUNDS = 3  # runs of each schedule's own work a workload: DDP adds it to every layer's ops
+# runs of each schedule's own work just before each round of a workload's runs (the
+# median): one run a round, so that the median run of a row takes out a figure that one
+# run read far off (measured once a workload, three runs' median still spread 0.75-2.05
+# ms for GPipe on one workload over four validations, and moved every run alike)
+OWN_WORK_ROUNDS = 1
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
 # rounds of the sharing factor (the median) just before each round of a workload's runs:
 # one round's ratio wanders 0.93-1.16, and the factor drifts with the machine over minutes
@@ -740,7 +740,7 @@ class Workload:
     net: object  # the network, whose steps time the machine's pace (``machine_pace``)
     x: torch.Tensor  # one batch
     y: torch.Tensor
-    profile: Profile  # taken alone, one thread; its ``overhead`` on busy cores
+    profile: Profile  # taken alone, one thread; its ``overhead``: the schedules' own work on busy cores
     race: object  # harness.race.Race: the trainers' runs
     kw: dict  # the forecast's arguments (batch, batches, link, ...)
 
@@ -750,11 +750,18 @@ class Workload:
     def sharing(self):
         return sharing_factor(self.net, self.x, self.y)
 
+    def own_work(self, names, log=print):
+        """Each schedule of ``names``' own work an operation at this workload's messages and
+        durations on busy cores, at the cut the runs take (``measure_overheads``)."""
+        kw = self.kw
+        return measure_overheads(self.profile, names, kw["link"], kw["batch"], kw["microbatches"],
+                                 kw["max_in_flight"], batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True,
+                                 log=log, cut=trainers_cut(self.profile))
+
 
 def validation_workloads(cfg, link, names, log=print):
-    """A Workload for each network of VALIDATION_NETS at BATCH_SIZE and BATCH_SIZE / 2: its
-    one-thread profile (``take_profile``) and each schedule's own work at its messages on
-    busy cores (``measure_overheads``)."""
+    """A Workload for each network of VALIDATION_NETS at BATCH_SIZE and BATCH_SIZE / 2, with
+    its one-thread profile (``take_profile``)."""
     from .experiment import build, load_data
     from .experiment import validate as validate_cfg
     from .race import Race
@@ -771,12 +778,9 @@ def validation_workloads(cfg, link, names, log=print):
             net = build(vcfg, arch, meta)
             x, y = sub.x_train[:batch], sub.y_train[:batch]
             name = f"{'conv ' if conv else ''}{choice}, batch {batch}"
-            log(f"  {name}: the profile and each schedule's own work")
+            log(f"  {name}: the profile")
             with threads(1):
                 profile = take_profile(net, x, y, names, [1, 2], cfg.MICROBATCHES, cfg.REPEATS, log)
-            profile.overhead = measure_overheads(
-                profile, names if cfg.SCHEDULE_OVERHEAD else [], link, batch, cfg.MICROBATCHES, in_flight,
-                batches=BUSY_BATCHES, rounds=OWN_WORK_ROUNDS, busy=True, log=log, cut=trainers_cut(profile))
             race = Race(build=lambda k, h, vcfg=vcfg, arch=arch, meta=meta: build(vcfg, arch, meta, None, k, h),
                         n_layers=n, h=vcfg.STEP, data=sub, epochs=VALIDATE_EPOCHS, batch_size=batch, lr=1e-3,
                         rule_options=cfg.rule_options, points_per_epoch=1, processes=2, threads=1,
@@ -815,12 +819,14 @@ def validate(cfg, link, log=print, save=None):
     the workload's messages and durations on busy cores (``measure_overheads``), over the
     measured link, at the machine's speed measured in this process just before and after
     each run (``machine_pace``; ``validation_row``; each row keeps both readings and its
-    steady epochs), the devices sharing this machine's cores by the factor measured just
-    before the workload's round of runs (``sharing_factor``), DDP's all-reduce on the
-    cores.  Every workload is measured first; then VALIDATE_RUNS rounds each run every
-    trainer on every workload, so that a workload's runs lie minutes apart (the
-    machine's speed drifts over minutes), and each row is the median run
-    (``median_run``)."""
+    steady epochs), the devices sharing this machine's cores by the factor measured, and
+    each schedule's own work at the workload's messages and durations on busy cores, just
+    before the workload's round of runs (``Workload.sharing``, ``Workload.own_work``),
+    DDP's all-reduce on the cores.  Every workload is profiled first; then VALIDATE_RUNS
+    rounds each run every trainer on every workload, so that a workload's runs lie
+    minutes apart (the machine's speed drifts over minutes), and each row is the median
+    run (``median_run``): a figure measured once would shift every run of its workload
+    alike, one measured a round shifts one run."""
     names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     log(f"link: {link.name}")
     workloads = list(validation_workloads(cfg, link, names, log))
@@ -829,6 +835,7 @@ def validate(cfg, link, log=print, save=None):
         for w in workloads:
             sharing = w.sharing() if any(t != "bp-1t" for t in names) else 1.0
             log(f"  round {r + 1}: {w.name}: two processes computing at once, each {sharing:.3f}x slower than alone")
+            w.profile.overhead = w.own_work(names if cfg.SCHEDULE_OVERHEAD else [], log)
             before = w.pace()
             for t in names if r % 2 == 0 else names[::-1]:  # each round in the other order: a drift falls on all
                 row = validation_run(w, t, before, sharing)

@@ -277,19 +277,22 @@ def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_me
     """A workload's runs lie a round apart, minutes on the real networks (the machine's
     speed drifts over minutes): every workload is measured first, each round runs every
     trainer on every workload, in the other order the next round, at the sharing factor
-    measured just before it."""
+    and own work measured just before it."""
     import types
 
     from harness import forecast as fc
     from harness.configs import ForecastRun
 
     order = []
-    shares = iter([1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
-    workloads = [types.SimpleNamespace(name=n, pace=lambda: 1.0, sharing=lambda: next(shares)) for n in ("a", "b")]
+    shares, measured = iter([1.1, 1.2, 1.3, 1.4, 1.5, 1.6]), []
+    workloads = [types.SimpleNamespace(name=n, pace=lambda: 1.0, sharing=lambda: next(shares),
+                                       profile=Profile({}, [], []),
+                                       own_work=lambda names, log, n=n: measured.append(n) or {"ddp": len(measured)})
+                 for n in ("a", "b")]
     monkeypatch.setattr(fc, "validation_workloads", lambda cfg, link, names, log: iter(workloads))
 
     def run(w, trainer, before, sharing):
-        order.append((w.name, trainer, sharing))
+        order.append((w.name, trainer, sharing, w.profile.overhead["ddp"]))
         k = sum(1 for o in order if o[:2] == (w.name, trainer))  # this pair's k-th run: errors 0.3, 0.1, 0.2
         return {"workload": w.name, "trainer": trainer, "devices": 1 if trainer == "bp-1t" else 2,
                 "error": (0.3, 0.1, 0.2)[k - 1], "pace_s": (before, 1.0), "measured_epoch_s": 1.0,
@@ -301,7 +304,8 @@ def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_me
     one = [("a", "bp-1t"), ("a", "ddp"), ("a", "pipeline-local"), ("b", "bp-1t"), ("b", "ddp"), ("b", "pipeline-local")]
     two = [("a", "pipeline-local"), ("a", "ddp"), ("a", "bp-1t"), ("b", "pipeline-local"), ("b", "ddp"), ("b", "bp-1t")]
     assert [o[:2] for o in order] == one + two + one
-    assert [o[2] for o in order] == [s for s in (1.1, 1.2, 1.3, 1.4, 1.5, 1.6) for _ in range(3)]
+    assert [o[2:] for o in order] == [(s, k) for k, s in enumerate((1.1, 1.2, 1.3, 1.4, 1.5, 1.6), 1) for _ in range(3)]
+    assert measured == ["a", "b"] * 3
     assert [(r["workload"], r["trainer"], r["error"], len(r["runs"])) for r in rows] == \
         [(w, t, 0.2, 3) for w, t in one]
 
