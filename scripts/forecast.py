@@ -13,10 +13,11 @@ batches on the largest DEVICES.  EPOCHS > 0 runs the forecast race: each trainer
 test accuracy after each epoch, trained here exactly as it computes on M devices (the
 pipeline's rules at M stages), against the forecast seconds of those epochs
 (forecast_race.png, one panel per M; the forecast time to the target).  VALIDATE = 1
-measures every trainer on 1 and 2 processes here (three short runs each, the row the
-median one; each run forecast at the machine's speed timed just before and after it),
-and a sleep workload on 4, 8 and 16, against its forecast (about 21 minutes on 2
-cores: 19 the real work, 2 the sleep workload).
+measures every trainer on 1 and 2 processes here (three rounds over every workload,
+the row the median of a trainer's three runs; each run forecast at the machine's speed
+timed just before and after it, and at the sharing of the cores and each schedule's
+own work measured before its round), and a sleep workload on 4, 8 and 16, against its
+forecast (about 21 minutes on 2 cores: 19 the real work, 2 the sleep workload).
 
 Trainers: bp-1t, bp-all (backprop, one device), ddp, gpipe, 1f1b (torch), and
 pipeline-<rule> (our pipeline, one stage a device, each stage at the delay that keeps
@@ -49,7 +50,7 @@ MAX_IN_FLIGHT = 0  # the pipeline's delay k at every stage; 0: M - 1 - i at stag
 VALIDATE = False  # also measure every trainer on 1 and 2 processes here against its forecast
 VALIDATE_SAMPLES = 1024  # training images of each of a validation run's 2 epochs (the second is timed)
 VALIDATE_PARTS = "real,sleep"  # real: every trainer on 1 and 2 processes; sleep: the sleep workload on 4, 8, 16
-VALIDATE_RUNS = 3  # real: rounds of every trainer, each row the run with the median error (a round: ~4 min)
+VALIDATE_RUNS = 3  # real: rounds of every trainer on every workload, each row the median run (a round: ~5.5 min)
 REPEATS = 5  # rounds of the profile's timings (medians)
 SCHEDULE_OVERHEAD = True  # add each schedule's own work an operation, measured on 2 idle processes (a few seconds)
 VARY = True  # each device's work a batch drawn from the profile's step-to-step variation (False: mean durations)
