@@ -815,12 +815,11 @@ def validate(cfg, link, log=print, save=None):
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2
     (``validation_workloads``), measured (harness.race's trainers, VALIDATE_EPOCHS epochs of
     VALIDATE_SAMPLES images: ``steady_epoch_s``) against the forecast from a one-thread
-    profile taken alone (its steps' variation included), with each schedule's own work at
-    the workload's messages and durations on busy cores (``measure_overheads``), over the
-    measured link, at the machine's speed measured in this process just before and after
-    each run (``machine_pace``; ``validation_row``; each row keeps both readings and its
-    steady epochs), the devices sharing this machine's cores by the factor measured, and
-    each schedule's own work at the workload's messages and durations on busy cores, just
+    profile taken alone (its steps' variation included), over the measured link, at the
+    machine's speed measured in this process just before and after each run
+    (``machine_pace``; ``validation_row``; each row keeps both readings and its steady
+    epochs), the devices sharing this machine's cores by the factor measured, and each
+    schedule's own work at the workload's messages and durations on busy cores, just
     before the workload's round of runs (``Workload.sharing``, ``Workload.own_work``),
     DDP's all-reduce on the cores.  Every workload is profiled first; then VALIDATE_RUNS
     rounds each run every trainer on every workload, so that a workload's runs lie

@@ -211,7 +211,8 @@ def test_two_processes_measure_each_schedules_own_work_idle_and_computing(gloo_l
     assert set(found) == {"pipeline-local", "1f1b", "ddp"} and all(0 <= o < 0.05 for o in found.values())
     # idle cores: the schedule's own work is all there is; busy cores: one run's own work
     # (about 1 ms) is within the noise of two processes computing on two cores, and reads
-    # 0 in about one run of ten (the validation takes the median of OWN_WORK_ROUNDS runs)
+    # 0 in about one run of ten (the validation measures it before each round of runs, and
+    # each row is the median run)
     assert found["pipeline-local"] > 0 if not busy else max(found.values()) > 0
 
 
@@ -275,7 +276,7 @@ def test_repeated_validation_runs_give_the_row_of_the_run_with_the_median_error(
 
 def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_median_run(monkeypatch):
     """A workload's runs lie a round apart, minutes on the real networks (the machine's
-    speed drifts over minutes): every workload is measured first, each round runs every
+    speed drifts over minutes): every workload is profiled first, each round runs every
     trainer on every workload, in the other order the next round, at the sharing factor
     and own work measured just before it."""
     import types
