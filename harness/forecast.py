@@ -65,10 +65,11 @@ class Profile:
     overhead: dict = field(default_factory=dict)  # schedule_of(trainer) -> its own work's seconds an operation
     variation: dict = field(default_factory=dict)  # batch size -> its steps' seconds over their mean (``variation``)
 
-    def extra(self, rule, m):
-        """Each stage's extra seconds for ``rule`` at its cuts on m devices (batch B): its
-        work at the stage's cut and its further passes; the last stage has no cut."""
-        costs, bounds = self.costs.get(rule), self.bounds.get((rule, m))
+    def extra(self, rule, m, bounds=None):
+        """Each stage's extra seconds for ``rule`` at its cuts on m devices (``bounds``, else
+        the profile's; batch B): its work at the stage's cut and its further passes; the
+        last stage has no cut."""
+        costs, bounds = self.costs.get(rule), bounds or self.bounds.get((rule, m))
         if costs is None or bounds is None:
             return None
         return [costs.extra(s, a, b, m) for s, (a, b) in enumerate(bounds)]
@@ -290,8 +291,18 @@ def trainer_run(profile, trainer, m, batch, batches, microbatches, max_in_flight
         mbs = microbatches_of(trainer, m, microbatches)
         return SleepRun(trainer, stage_costs(profile, bounds, batch // mbs, microbatches=mbs), batches, batch,
                         microbatches=mbs)
-    return SleepRun("pipeline", stage_costs(profile, bounds, batch, profile.extra(rule, m)), batches, batch,
-                    delays=tuple(rule_delays(rule, m, max_in_flight)), receives=rule_class(rule).receives_gradients)
+    return pipeline_run(profile, rule, bounds, batch, batches, max_in_flight)
+
+
+def pipeline_run(profile, rule, bounds, batch, batches, max_in_flight=0, stages=None):
+    """The SleepRun of our pipeline under ``rule`` over ``bounds``: its stages' costs with
+    the rule's extra work (or ``stages``), at the rule's delays (``rule_delays``), its
+    gradients sent back or not."""
+    m = len(bounds)
+    if stages is None:
+        stages = stage_costs(profile, bounds, batch, profile.extra(rule, m, bounds))
+    return SleepRun("pipeline", stages, batches, batch, delays=tuple(rule_delays(rule, m, max_in_flight)),
+                    receives=rule_class(rule).receives_gradients)
 
 
 def _schedule(profile, trainer, m, batch, batches, link, microbatches, max_in_flight, host_comm):
@@ -571,13 +582,9 @@ def own_work_run(profile, schedule, batch, batches, microbatches, max_in_flight=
     cut = profile.n_layers // 2 if cut is None else cut
     bounds = [(0, cut), (cut, profile.n_layers)]
     if schedule.startswith("pipeline-"):
-        rule = _rule_of(schedule)
-        extra = [profile.costs[rule].extra(s, a, b, 2) for s, (a, b) in enumerate(bounds)] \
-            if rule in profile.costs else None
-        stages = stage_costs(profile, bounds, batch, extra) if busy \
-            else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * batch), StageCost(0.0, 0.0)]
-        return SleepRun("pipeline", stages, batches, batch, delays=tuple(rule_delays(rule, 2, max_in_flight)),
-                        receives=rule_class(rule).receives_gradients)
+        idle = [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * batch), StageCost(0.0, 0.0)]
+        return pipeline_run(profile, _rule_of(schedule), bounds, batch, batches, max_in_flight,
+                            None if busy else idle)
     mbs = microbatches_of(schedule, 2, microbatches)
     stages = stage_costs(profile, bounds, batch // mbs, microbatches=mbs) if busy \
         else [StageCost(0.0, 0.0, out_bytes=profile.state_bytes[cut] * (batch // mbs)), StageCost(0.0, 0.0)]
