@@ -647,11 +647,10 @@ VALIDATE_EPOCHS = 2  # a validation run's epochs: the first pays for starting, t
 # runs of 16 and of 48 batches spread alike (docs/RESULTS.md): the machine's speed swings
 # over seconds, and a run's residual grows with its length
 BUSY_BATCHES = 8
-# runs of each schedule's own work just before each round of a workload's runs: one run
-# a round; every run of the workload is forecast at the median of the rounds' figures
-# (``validate``): one run's figure is as far off as a stall makes it (73.6 ms against
-# 0.0-4.8 for our `local` pipeline on one workload), and a figure a round moved its
-# round's run by as much
+# runs of each schedule's own work just before each round of a workload's runs (the
+# median): one run a round, so that the median run of a row takes out a figure that one
+# run read far off (measured once a workload, three runs' median still spread 0.75-2.05
+# ms for GPipe on one workload over four validations, and moved every run alike)
 OWN_WORK_ROUNDS = 1
 SHARING_S = 1.0  # seconds of steps that each of the sharing factor's rounds times, alone and together
 # rounds of the sharing factor (the median) just before each round of a workload's runs:
@@ -717,22 +716,15 @@ def machine_pace(net, x, y):
 
 
 def validation_row(profile, trainer, m, curve, step_s, sharing, **kw):
-    """A validation run's row: its steady epoch (``steady_epoch_s``) and first epoch, and
-    its forecast (``run_forecast``)."""
-    measured = steady_epoch_s(curve)
-    return {"trainer": trainer, "devices": m, "measured_epoch_s": measured,
-            "first_epoch_s": curve[1]["seconds"] - curve[0]["seconds"],
-            **run_forecast(profile, trainer, m, measured, step_s, sharing, **kw)}
-
-
-def run_forecast(profile, trainer, m, measured, step_s, sharing, **kw):
-    """A run's forecast at the machine's speed around it (``step_s``: a whole step's
-    seconds, over the profile's: ``pace``), m > 1 devices sharing the cores by
-    ``sharing``, and its error against the ``measured`` seconds; the forecast at the
-    profile's own speed beside it."""
+    """A validation run's row: its steady epoch (``steady_epoch_s``) against its forecast
+    at the machine's speed now (``step_s``: a whole step's seconds around the run, over
+    the profile's: ``pace``), m > 1 devices sharing the cores by ``sharing``; and the
+    forecast at the profile's own speed beside it."""
     pace, host = step_s / profile.step_s(kw["batch"]), sharing if m > 1 else None
-    predicted = forecast(profile, trainer, m, host=host, pace=pace, **kw)["epoch_s"]
-    return {"forecast_epoch_s": predicted, "error": predicted / measured - 1, "pace": pace, "sharing": host or 1.0,
+    measured, predicted = steady_epoch_s(curve), forecast(profile, trainer, m, host=host, pace=pace, **kw)["epoch_s"]
+    return {"trainer": trainer, "devices": m, "measured_epoch_s": measured, "forecast_epoch_s": predicted,
+            "error": predicted / measured - 1, "first_epoch_s": curve[1]["seconds"] - curve[0]["seconds"],
+            "pace": pace, "sharing": host or 1.0,
             "forecast_at_profile_pace_s": forecast(profile, trainer, m, host=host, **kw)["epoch_s"]}
 
 
@@ -809,7 +801,7 @@ def validation_run(w, trainer, before, sharing):
     """One timed run of ``trainer`` on Workload ``w`` (``harness.race.run_timed``) and its row
     (``validation_row``), at the machine's pace read just ``before`` it (a step's seconds)
     and just after it (the row's ``pace_s``), two processes sharing the cores by
-    ``sharing``, each schedule's own work ``w.profile.overhead``."""
+    ``sharing``."""
     from .race import run_timed
 
     m = 1 if trainer == "bp-1t" else 2
@@ -825,25 +817,6 @@ def validation_run(w, trainer, before, sharing):
             **({"bounds": about["bounds"]} if "bounds" in about else {})}
 
 
-def pooled_own_work(rounds):
-    """{schedule: the median of its figures} over ``rounds`` ([{schedule: seconds}], one a round)."""
-    return {s: statistics.median(r[s] for r in rounds) for s in rounds[0]} if rounds else {}
-
-
-def reforecast(w, row, overhead):
-    """``row`` (a ``validation_run``) forecast again at each schedule's own work
-    ``overhead``, at the pace, sharing and cuts of its run; the figures at its round's own
-    work kept beside (``round_*``)."""
-    trainer, m = row["trainer"], row["devices"]
-    if "bounds" in row:
-        w.profile.bounds[(_rule_of(trainer), m)] = [tuple(b) for b in row["bounds"]]
-    w.profile.overhead = overhead
-    return {**row, **run_forecast(w.profile, trainer, m, row["measured_epoch_s"], statistics.fmean(row["pace_s"]),
-                                  row["sharing"], **w.kw),
-            "own_work_ms": 1e3 * overhead.get(schedule_of(trainer), 0.0), "round_own_work_ms": row["own_work_ms"],
-            "round_forecast_epoch_s": row["forecast_epoch_s"], "round_error": row["error"]}
-
-
 def validate(cfg, link, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2
@@ -852,26 +825,23 @@ def validate(cfg, link, log=print, save=None):
     profile taken alone (its steps' variation included), over the measured link, at the
     machine's speed measured in this process just before and after each run
     (``machine_pace``; ``validation_row``; each row keeps both readings and its steady
-    epochs), the devices sharing this machine's cores by the factor measured just before
-    the workload's round of runs (``Workload.sharing``), and each schedule's own work at
-    the workload's messages and durations on busy cores, measured before each of its
-    rounds (``Workload.own_work``), the median over the rounds (``pooled_own_work``,
-    ``reforecast``; ``save`` gets the rows at their round's figure as they come), DDP's
-    all-reduce on the cores.  Every workload is profiled first; then VALIDATE_RUNS
+    epochs), the devices sharing this machine's cores by the factor measured, and each
+    schedule's own work at the workload's messages and durations on busy cores, just
+    before the workload's round of runs (``Workload.sharing``, ``Workload.own_work``),
+    DDP's all-reduce on the cores.  Every workload is profiled first; then VALIDATE_RUNS
     rounds each run every trainer on every workload, so that a workload's runs lie
     minutes apart (the machine's speed drifts over minutes), and each row is the median
-    run (``median_run``)."""
+    run (``median_run``): a figure measured once would shift every run of its workload
+    alike, one measured a round shifts one run."""
     names = ["bp-1t", *(t for t in trainer_list(cfg.TRAINERS) if t not in ("bp-1t", "bp-all"))]
     log(f"link: {link.name}")
     workloads = list(validation_workloads(cfg, link, names, log))
     runs = {(w.name, t): [] for w in workloads for t in names}
-    own_work = {w.name: [] for w in workloads}
     for r in range(cfg.VALIDATE_RUNS):
         for w in workloads:
             sharing = w.sharing() if any(t != "bp-1t" for t in names) else 1.0
             log(f"  round {r + 1}: {w.name}: two processes computing at once, each {sharing:.3f}x slower than alone")
             w.profile.overhead = w.own_work(names if cfg.SCHEDULE_OVERHEAD else [], log)
-            own_work[w.name].append(w.profile.overhead)
             before = w.pace()
             for t in names if r % 2 == 0 else names[::-1]:  # each round in the other order: a drift falls on all
                 row = validation_run(w, t, before, sharing)
@@ -881,15 +851,8 @@ def validate(cfg, link, log=print, save=None):
                     save([median_run(v) for v in runs.values() if v])
                 log(f"  round {r + 1}: {w.name:<22} {t:<20} M={row['devices']}: measured "
                     f"{row['measured_epoch_s']:6.2f} s, forecast {row['forecast_epoch_s']:6.2f} s "
-                    f"({row['error']:+.1%} at this round's own work; the machine's pace {row['pace']:.3f}; the "
-                    f"first epoch {row['first_epoch_s']:6.2f} s)")
-    for w in workloads:
-        overhead = pooled_own_work(own_work[w.name])
-        if overhead:
-            log(f"  {w.name}: each schedule's own work, the median of its rounds: "
-                + ", ".join(f"{k} {1e3 * v:.2f} ms" for k, v in overhead.items()))
-        for t in names:
-            runs[(w.name, t)] = [reforecast(w, row, overhead) for row in runs[(w.name, t)]]
+                    f"({row['error']:+.1%}; the machine's pace {row['pace']:.3f}; the first epoch "
+                    f"{row['first_epoch_s']:6.2f} s)")
     return [median_run(v) for v in runs.values()]
 
 

@@ -278,8 +278,7 @@ def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_me
     """A workload's runs lie a round apart, minutes on the real networks (the machine's
     speed drifts over minutes): every workload is profiled first, each round runs every
     trainer on every workload, in the other order the next round, at the sharing factor
-    measured just before it; each schedule's own work is measured before each round, and
-    every run is forecast again at the median of the workload's rounds' figures."""
+    and own work measured just before it."""
     import types
 
     from harness import forecast as fc
@@ -287,10 +286,9 @@ def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_me
 
     order = []
     shares, measured = iter([1.1, 1.2, 1.3, 1.4, 1.5, 1.6]), []
-    figures = iter([1.0, 2.0, 9.0, 4.0, 0.0, 6.0])  # a: 1, 9, 0 (median 1); b: 2, 4, 6 (median 4)
     workloads = [types.SimpleNamespace(name=n, pace=lambda: 1.0, sharing=lambda: next(shares),
                                        profile=Profile({}, [], []),
-                                       own_work=lambda names, log, n=n: measured.append(n) or {"ddp": next(figures)})
+                                       own_work=lambda names, log, n=n: measured.append(n) or {"ddp": len(measured)})
                  for n in ("a", "b")]
     monkeypatch.setattr(fc, "validation_workloads", lambda cfg, link, names, log: iter(workloads))
 
@@ -302,38 +300,15 @@ def test_the_validation_runs_every_workload_in_each_round_and_keeps_each_rows_me
                 "forecast_epoch_s": 1.0, "pace": 1.0, "first_epoch_s": 1.0}
 
     monkeypatch.setattr(fc, "validation_run", run)
-    monkeypatch.setattr(fc, "reforecast", lambda w, row, overhead: {**row, "pooled": overhead["ddp"]})
     cfg = ForecastRun().replace(TRAINERS="ddp,pipeline-local", VALIDATE_RUNS=3)
     rows = fc.validate(cfg, LINKS["free"], log=lambda *a: None)
     one = [("a", "bp-1t"), ("a", "ddp"), ("a", "pipeline-local"), ("b", "bp-1t"), ("b", "ddp"), ("b", "pipeline-local")]
     two = [("a", "pipeline-local"), ("a", "ddp"), ("a", "bp-1t"), ("b", "pipeline-local"), ("b", "ddp"), ("b", "bp-1t")]
     assert [o[:2] for o in order] == one + two + one
-    assert [o[2:] for o in order] == [(s, k) for s, k in zip((1.1, 1.2, 1.3, 1.4, 1.5, 1.6),
-                                                             (1.0, 2.0, 9.0, 4.0, 0.0, 6.0)) for _ in range(3)]
+    assert [o[2:] for o in order] == [(s, k) for k, s in enumerate((1.1, 1.2, 1.3, 1.4, 1.5, 1.6), 1) for _ in range(3)]
     assert measured == ["a", "b"] * 3
-    assert [(r["workload"], r["trainer"], r["error"], len(r["runs"]), r["pooled"]) for r in rows] == \
-        [(w, t, 0.2, 3, 1.0 if w == "a" else 4.0) for w, t in one]
-
-
-def test_a_run_forecast_again_at_the_pooled_own_work_keeps_its_rounds_figures():
-    import types
-
-    from harness.forecast import pooled_own_work, reforecast, validation_row
-
-    assert pooled_own_work([{"ddp": 0.001, "gpipe": 0.0}, {"ddp": 0.0736, "gpipe": 0.002},
-                            {"ddp": 0.002, "gpipe": 0.001}]) == {"ddp": 0.002, "gpipe": 0.001}
-    assert pooled_own_work([]) == {}
-    profile = Profile({8: LayerTimes([0.1] * 2, [0.2] * 2, [0.0] * 2), 4: LayerTimes([0.05] * 2, [0.1] * 2, [0.0] * 2)},
-                      [32] * 3, [100] * 2, overhead={"ddp": 0.05})
-    kw = {"batch": 8, "batches": 10, "link": LINKS["free"]}
-    curve = [{"seconds": s} for s in (0.0, 9.0, 15.0)]
-    row = {**validation_row(profile, "ddp", 2, curve, 0.6, 1.0, **kw), "pace_s": (0.6, 0.6), "own_work_ms": 50.0}
-    w = types.SimpleNamespace(profile=profile, kw=kw)
-    again = reforecast(w, row, {"ddp": 0.0})
-    assert again["forecast_epoch_s"] < row["forecast_epoch_s"] and again["own_work_ms"] == 0.0
-    assert again["error"] == pytest.approx(again["forecast_epoch_s"] / 6.0 - 1)
-    assert (again["round_own_work_ms"], again["round_error"]) == (50.0, row["error"])
-    assert reforecast(w, row, {"ddp": 0.05})["forecast_epoch_s"] == pytest.approx(row["forecast_epoch_s"])
+    assert [(r["workload"], r["trainer"], r["error"], len(r["runs"])) for r in rows] == \
+        [(w, t, 0.2, 3) for w, t in one]
 
 
 def test_a_validation_run_is_measured_by_the_median_of_its_epochs_after_the_first():
