@@ -671,7 +671,7 @@ def steady_epoch_s(curve):
     return statistics.median(steady_epochs(curve))
 
 
-def sharing_worker(ctx, net, x, y, rounds, min_s=2.0):
+def sharing_worker(ctx, net, x, y, rounds, min_s=SHARING_S):
     """Rounds of rank 0 timing backprop steps (``time_step`` over ``min_s`` seconds) alone
     while the others wait at a barrier, then every rank at once: rank 0 returns [(alone,
     the ranks' mean together)], seconds a step."""
