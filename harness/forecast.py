@@ -817,6 +817,46 @@ def validation_run(w, trainer, before, sharing):
             **({"bounds": about["bounds"]} if "bounds" in about else {})}
 
 
+def floor_worker(ctx, net, x, y, steps):
+    """Each rank steps backprop of ``net`` on (x, y) on its own, no message: ``steps`` steps
+    (the start-up epoch), then ``steps`` timed; rank 0 returns [0, the start-up epoch's
+    end, the timed epoch's end] in seconds, the ranks' means (a curve of two epochs)."""
+    import torch.distributed as dist
+
+    net = copy.deepcopy(net).train()
+    opt = make_optimizer("adam", net.parameters(), 1e-9)
+    dist.barrier()
+    t0, ends = time.perf_counter(), []
+    for _ in range(2):
+        for _ in range(steps):
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        ends.append(time.perf_counter() - t0)
+    mine = torch.tensor(ends, dtype=torch.float64)
+    dist.all_reduce(mine)
+    return [0.0, *(mine / ctx.world_size).tolist()] if ctx.rank == 0 else None
+
+
+def floor_run(w, processes, before, sharing):
+    """A run that the forecast models with nothing but the machine: ``processes`` one-thread
+    processes each stepping backprop on Workload ``w``'s batch on their own (no schedule,
+    no message), an epoch's batches to start and an epoch's timed, forecast as a
+    validation run is: the profile's step at the machine's pace read just ``before``
+    and just after it in this process, by ``sharing`` when two compute at once.  Its
+    error is the part of a validation row's that the machine's wander leaves, however
+    exact the schedules and messages are modelled; its row is ``validation_row``'s."""
+    from .launch import launch
+
+    with threads(1):
+        curve = [{"seconds": s} for s in launch(floor_worker, processes, (w.net, w.x, w.y, w.kw["batches"]),
+                                                threads=1, device="cpu")]
+    pace_s = before, w.pace()
+    share = sharing if processes > 1 else 1.0  # each step of each process slowed alike: the pace's factor
+    row = validation_row(w.profile, "bp-1t", 1, curve, statistics.fmean(pace_s) * share, 1.0, **w.kw)
+    return {"workload": w.name, **row, "trainer": "floor", "devices": processes, "sharing": share, "pace_s": pace_s}
+
+
 def validate(cfg, link, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2

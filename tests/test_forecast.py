@@ -330,6 +330,29 @@ def test_two_processes_computing_at_once_measure_how_much_they_slow_each_other()
     assert 0.5 < factor < 4.0  # two one-thread processes on two cores: about 1
 
 
+@pytest.mark.slow
+def test_processes_stepping_on_their_own_are_forecast_by_the_machines_pace_and_sharing_alone():
+    from harness.forecast import Workload, floor_run
+
+    torch.manual_seed(0)
+    net = build_model("verlet", (1, 8, 8), 10, 2, 0.5, width=64)
+    data = datasets.load("DIGITS")
+    x, y = data.x_train[:32], data.y_train[:32]
+    w = Workload("tiny", net, x, y, profile_network(net, x, y, [32]), None,
+                 {"batch": 32, "batches": 20, "link": LINKS["free"], "microbatches": 1, "max_in_flight": 0})
+    one = floor_run(w, 1, w.pace(), 2.0)
+    assert one["devices"] == 1 and one["sharing"] == 1.0  # one process shares nothing
+    two = floor_run(w, 2, one["pace_s"][1], 1.5)
+    assert two["devices"] == 2 and two["sharing"] == 1.5 and two["pace_s"][0] == one["pace_s"][1]
+    for row in (one, two):  # an epoch of 20 steps, forecast at the pace around it: a few ms a step
+        assert row["measured_epoch_s"] > 0 and row["trainer"] == "floor"
+        assert row["error"] == pytest.approx(row["forecast_epoch_s"] / row["measured_epoch_s"] - 1)
+    # the step that the pace times is the step the processes take: one process within a factor 2
+    assert -0.5 < one["error"] < 1.0
+    # the sharing scales the pace: the same forecast at 1.5x the pace read around the run
+    assert two["forecast_epoch_s"] / two["pace"] == pytest.approx(one["forecast_epoch_s"] / one["pace"], rel=0.02)
+
+
 def test_a_validation_row_forecasts_its_run_at_the_machines_speed_around_it():
     from harness.forecast import validation_row
 

@@ -1,0 +1,94 @@
+"""How far this machine alone puts a forecast validation's rows: the floor under its errors.
+
+On the validation's own workloads (``python scripts/forecast.py --validate 1``: dense
+Verlet, dense ResNet and the multi-unit conv network, each at two batch sizes), runs
+that the forecast models with nothing but the machine (``harness.forecast.floor_run``):
+one process, and two processes each stepping backprop on the whole batch on its own
+(no schedule, no message), an epoch to start and an epoch timed, forecast exactly as a
+validation run is: the one-thread profile's step at the machine's pace read just before
+and just after the run in this process, by the sharing factor measured before each
+round when two compute at once.  A run's error is then the machine's wander between
+the pace's windows and the run's epoch; a row of the validation is the median of three
+runs minutes apart, so each workload's rows here are every three of its rounds.
+
+    python benchmarks/bench_floor.py [--rounds 5] [--workloads 0,5]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+from common import save  # noqa: I001
+
+import scripts.forecast as entry
+from harness import forecast as fc
+from harness.cli import configure
+from harness.configs import ForecastRun
+
+GOAL = 0.12  # the validation's goal for its worst row
+
+
+def rows_of(errors, runs=3):
+    """The error of every row that ``runs`` of these runs' errors would make (the median run)."""
+    return [sorted(c)[(runs - 1) // 2] for c in itertools.combinations(errors, runs)]
+
+
+def summary(errors):
+    rows = rows_of(errors)
+    return {"runs": len(errors), "run_median": statistics.median(map(abs, errors)),
+            "run_rms": statistics.fmean(e * e for e in errors) ** 0.5, "run_worst": max(map(abs, errors)),
+            "rows_beyond_goal": sum(abs(r) > GOAL for r in rows) / len(rows), "row_worst": max(map(abs, rows))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each kind on each workload, a round apart")
+    parser.add_argument("--workloads", help="indices of the validation's six workloads (default: all)")
+    args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3 (a row is the median of three runs)")
+    cfg = configure(ForecastRun, entry.__file__, vars(entry), ["--validate", "1"])
+    keep = None if args.workloads is None else {int(i) for i in args.workloads.split(",")}
+    t0 = time.perf_counter()
+    workloads = [w for i, w in enumerate(fc.validation_workloads(cfg, fc.LINKS["free"], ["bp-1t"],
+                                                                 log=lambda *a, **k: None))
+                 if keep is None or i in keep]
+    runs = []
+    for r in range(args.rounds):
+        for w in workloads:
+            sharing = w.sharing()
+            before = w.pace()
+            for processes in (1, 2) if r % 2 == 0 else (2, 1):
+                row = fc.floor_run(w, processes, before, sharing)
+                before = row["pace_s"][1]
+                runs.append(row)
+                print(f"round {r + 1}: {w.name:<22} {processes} process{'es' if processes > 1 else ''}: measured "
+                      f"{row['measured_epoch_s']:5.2f} s, forecast {row['forecast_epoch_s']:5.2f} s "
+                      f"({row['error']:+.1%}; pace {row['pace_s'][0] * 1e3:.1f} / {row['pace_s'][1] * 1e3:.1f} ms a "
+                      f"step, sharing {row['sharing']:.3f})", flush=True)
+    table = {}
+    print(f"\n{'workload':<24}{'processes':>10}{'runs: median':>14}{'rms':>7}{'worst':>8}"
+          f"{'rows > 12 %':>13}{'worst row':>11}")
+    for w in workloads:
+        for processes in (1, 2):
+            s = summary([x["error"] for x in runs if x["workload"] == w.name and x["devices"] == processes])
+            table[f"{w.name}, {processes}"] = s
+            print(f"{w.name:<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
+                  f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
+    for processes in (1, 2):  # rows lie within a workload: their figures over the workloads
+        s = summary([x["error"] for x in runs if x["devices"] == processes])
+        per = [v for k, v in table.items() if k.endswith(f", {processes}")]
+        s.update(rows_beyond_goal=statistics.fmean(v["rows_beyond_goal"] for v in per),
+                 row_worst=max(v["row_worst"] for v in per))
+        table[f"all, {processes}"] = s
+        print(f"{'all':<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
+              f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"({minutes:.1f} minutes; rows: every three rounds of a workload, the median run)")
+    save("bench_floor", {"rounds": args.rounds, "summary": table, "runs": runs, "minutes": minutes})
+
+
+if __name__ == "__main__":
+    main()
