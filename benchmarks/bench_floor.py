@@ -20,11 +20,9 @@ import itertools
 import statistics
 import time
 
-from common import save  # noqa: I001
+from common import ROOT, save  # noqa: I001
 
-import scripts.forecast as entry
 from harness import forecast as fc
-from harness.cli import configure
 from harness.configs import ForecastRun
 
 GOAL = 0.12  # the validation's goal for its worst row
@@ -49,8 +47,15 @@ def main():
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error("--rounds must be at least 3 (a row is the median of three runs)")
-    cfg = configure(ForecastRun, entry.__file__, vars(entry), ["--validate", "1"])
-    keep = None if args.workloads is None else {int(i) for i in args.workloads.split(",")}
+    cfg = ForecastRun(DATA_ROOT=str(ROOT / "data"), VALIDATE=True)  # forecast.py's defaults: its family's
+    count = len(fc.VALIDATION_NETS) * 2  # each network at BATCH_SIZE and BATCH_SIZE / 2
+    try:
+        keep = None if args.workloads is None else {int(i) for i in args.workloads.split(",")}
+    except ValueError:
+        keep = {-1}
+    if keep is not None and not keep <= set(range(count)):
+        parser.error(f"--workloads must be indices 0-{count - 1} separated by commas, such as 0,5; "
+                     f"got {args.workloads!r}")
     t0 = time.perf_counter()
     workloads = [w for i, w in enumerate(fc.validation_workloads(cfg, fc.LINKS["free"], ["bp-1t"],
                                                                  log=lambda *a, **k: None))
