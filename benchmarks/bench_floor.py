@@ -33,11 +33,16 @@ def rows_of(errors, runs=3):
     return [sorted(c)[(runs - 1) // 2] for c in itertools.combinations(errors, runs)]
 
 
-def summary(errors):
-    rows = rows_of(errors)
+def run_figures(errors):
     return {"runs": len(errors), "run_median": statistics.median(map(abs, errors)),
-            "run_rms": statistics.fmean(e * e for e in errors) ** 0.5, "run_worst": max(map(abs, errors)),
-            "rows_beyond_goal": sum(abs(r) > GOAL for r in rows) / len(rows), "row_worst": max(map(abs, rows))}
+            "run_rms": statistics.fmean(e * e for e in errors) ** 0.5, "run_worst": max(map(abs, errors))}
+
+
+def summary(errors):
+    """One workload's runs: ``run_figures`` and its rows' (``rows_of``)."""
+    rows = rows_of(errors)
+    return {**run_figures(errors), "rows_beyond_goal": sum(abs(r) > GOAL for r in rows) / len(rows),
+            "row_worst": max(map(abs, rows))}
 
 
 def main():
@@ -83,10 +88,10 @@ def main():
             print(f"{w.name:<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
                   f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
     for processes in (1, 2):  # rows lie within a workload: their figures over the workloads
-        s = summary([x["error"] for x in runs if x["devices"] == processes])
         per = [v for k, v in table.items() if k.endswith(f", {processes}")]
-        s.update(rows_beyond_goal=statistics.fmean(v["rows_beyond_goal"] for v in per),
-                 row_worst=max(v["row_worst"] for v in per))
+        s = {**run_figures([x["error"] for x in runs if x["devices"] == processes]),
+             "rows_beyond_goal": statistics.fmean(v["rows_beyond_goal"] for v in per),
+             "row_worst": max(v["row_worst"] for v in per)}
         table[f"all, {processes}"] = s
         print(f"{'all':<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
               f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
