@@ -15,6 +15,7 @@ A worker that raises or dies takes the whole run down: the others are terminated
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import datetime
@@ -274,6 +275,23 @@ def _failure_report(failures, log_dir):
     return "\n".join(parts)
 
 
+@contextlib.contextmanager
+def _temporary_files_in(directory):
+    """Python's temporary files made in this process go to ``directory`` meanwhile:
+    torch's process starter names one in the temporary directory for each worker, which
+    a worker that fails writes its traceback to and nobody removes (pytorch-errorfile-*);
+    in the launch's own directory they go with it.  Multiprocessing's own directory
+    (the fork server's socket, which outlives the launch) is made where it belongs first."""
+    import multiprocessing.util
+
+    multiprocessing.util.get_temp_dir()
+    before, tempfile.tempdir = tempfile.tempdir, str(directory)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 def launch(fn, nprocs, args=(), *, threads=0, device="auto", timeout_s=120, max_restarts=0, on_placement=None):
     """Run fn(ctx, *args) on nprocs ranks; return rank 0's value (each rank's under torchrun).
     ``device`` (DEVICE) places the ranks and picks the backend (``rank_device``);
@@ -315,7 +333,9 @@ def launch(fn, nprocs, args=(), *, threads=0, device="auto", timeout_s=120, max_
         config = LaunchConfig(**{k: v for k, v in options.items() if k in known})
         multiprocessing.set_forkserver_preload(list(WORKER_PRELOAD))  # read when the server starts, at the first launch
         try:
-            out = elastic_launch(config, _elastic_entry)(fn, args, threads, str(device), timeout_s, dict(os.environ))
+            with _temporary_files_in(logs):
+                out = elastic_launch(config, _elastic_entry)(fn, args, threads, str(device), timeout_s,
+                                                             dict(os.environ))
         except ChildFailedError as exc:
             raise WorkerFailed(_failure_report(exc.failures, logs)) from None
         except SignalException as exc:

@@ -109,16 +109,21 @@ def leftover_processes(marker):
 
 
 def run_failing(script, *args, timeout=60):
-    """Run a script with a unique marker in its environment; returns (proc, seconds, leftovers)."""
+    """Run a script with a unique marker in its environment and a temporary directory of
+    its own; returns (proc, seconds, leftovers: its processes still running and the
+    files it left in that directory, but torch's compile cache, kept there by design)."""
+    import tempfile
     import time
     import uuid
 
     marker = f"STABLE_TEST_{uuid.uuid4().hex}"
-    t0 = time.perf_counter()
-    proc = run_script(script, *args, timeout=timeout, env={marker: "1"})
-    seconds = time.perf_counter() - t0
-    time.sleep(0.5)
-    return proc, seconds, leftover_processes(marker)
+    with tempfile.TemporaryDirectory(prefix="run-failing-") as tmp:
+        t0 = time.perf_counter()
+        proc = run_script(script, *args, timeout=timeout, env={marker: "1", "TMPDIR": tmp})
+        seconds = time.perf_counter() - t0
+        time.sleep(0.5)
+        files = sorted(p.name for p in Path(tmp).iterdir() if not p.name.startswith("torchinductor_"))
+        return proc, seconds, leftover_processes(marker) + files
 
 
 def interrupt_after(script, *args, wait_for="", timeout=60):
