@@ -45,6 +45,12 @@ def summary(errors):
             "row_worst": max(map(abs, rows))}
 
 
+def table_line(name, processes, s):
+    """A line of the printed table: a ``summary`` (or the all-workload figures) of ``name``'s runs."""
+    return (f"{name:<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
+            f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="runs of each kind on each workload, a round apart")
@@ -68,11 +74,7 @@ def main():
     runs = []
     for r in range(args.rounds):
         for w in workloads:
-            sharing = w.sharing()
-            before = w.pace()
-            for processes in (1, 2) if r % 2 == 0 else (2, 1):
-                row = fc.floor_run(w, processes, before, sharing)
-                before = row["pace_s"][1]
+            for processes, row in fc.round_runs(w, (1, 2), r, fc.floor_run, w.sharing()):
                 runs.append(row)
                 print(f"round {r + 1}: {w.name:<22} {processes} process{'es' if processes > 1 else ''}: measured "
                       f"{row['measured_epoch_s']:5.2f} s, forecast {row['forecast_epoch_s']:5.2f} s "
@@ -85,16 +87,14 @@ def main():
         for processes in (1, 2):
             s = summary([x["error"] for x in runs if x["workload"] == w.name and x["devices"] == processes])
             table[f"{w.name}, {processes}"] = s
-            print(f"{w.name:<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
-                  f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
+            print(table_line(w.name, processes, s))
     for processes in (1, 2):  # rows lie within a workload: their figures over the workloads
         per = [v for k, v in table.items() if k.endswith(f", {processes}")]
         s = {**run_figures([x["error"] for x in runs if x["devices"] == processes]),
              "rows_beyond_goal": statistics.fmean(v["rows_beyond_goal"] for v in per),
              "row_worst": max(v["row_worst"] for v in per)}
         table[f"all, {processes}"] = s
-        print(f"{'all':<24}{processes:>10}{s['run_median']:>14.1%}{s['run_rms']:>7.1%}{s['run_worst']:>8.1%}"
-              f"{s['rows_beyond_goal']:>13.1%}{s['row_worst']:>11.1%}")
+        print(table_line("all", processes, s))
     minutes = (time.perf_counter() - t0) / 60
     print(f"({minutes:.1f} minutes; rows: every three rounds of a workload, the median run)")
     save("bench_floor", {"rounds": args.rounds, "summary": table, "runs": runs, "minutes": minutes})

@@ -857,6 +857,18 @@ def floor_run(w, processes, before, sharing):
     return {"workload": w.name, **row, "trainer": "floor", "devices": processes, "sharing": share, "pace_s": pace_s}
 
 
+def round_runs(w, kinds, r, run, sharing):
+    """Round ``r`` of runs on Workload ``w``: ``run(w, kind, before, sharing)`` for each of
+    ``kinds`` (every other round in the other order, so that a drift falls on all), each
+    at the machine's pace read just before it (the one after the run before it, its
+    row's second ``pace_s``: ``validation_run``, ``floor_run``); yields (kind, row)."""
+    before = w.pace()
+    for kind in kinds if r % 2 == 0 else kinds[::-1]:
+        row = run(w, kind, before, sharing)
+        before = row["pace_s"][1]
+        yield kind, row
+
+
 def validate(cfg, link, log=print, save=None):
     """Every trainer at 1 device (bp-1t: one process, one thread) and 2 devices (2 processes
     x 1 thread) on the validation networks at BATCH_SIZE and BATCH_SIZE / 2
@@ -882,10 +894,7 @@ def validate(cfg, link, log=print, save=None):
             sharing = w.sharing() if any(t != "bp-1t" for t in names) else 1.0
             log(f"  round {r + 1}: {w.name}: two processes computing at once, each {sharing:.3f}x slower than alone")
             w.profile.overhead = w.own_work(names if cfg.SCHEDULE_OVERHEAD else [], log)
-            before = w.pace()
-            for t in names if r % 2 == 0 else names[::-1]:  # each round in the other order: a drift falls on all
-                row = validation_run(w, t, before, sharing)
-                before = row["pace_s"][1]
+            for t, row in round_runs(w, names, r, validation_run, sharing):
                 runs[(w.name, t)].append(row)
                 if save is not None:
                     save([median_run(v) for v in runs.values() if v])
