@@ -1016,6 +1016,15 @@ def _as_json(table):
             for t, by_m in table.items()}
 
 
+def profile_json(profile):
+    """Every figure of ``profile`` as forecast.json keeps it, so that a forecast can be traced
+    to what it was drawn from: times per batch size, bytes, each rule's costs and cuts
+    (keyed "rule, M = m"), micro-batching, the schedules' own work, the steps' variation."""
+    d = dataclasses.asdict(profile)
+    d["bounds"] = {f"{rule}, M = {m}": [list(b) for b in bounds] for (rule, m), bounds in profile.bounds.items()}
+    return d
+
+
 def run_validation(cfg, run, profile, names, link):
     """VALIDATE's rows (real work, the sleep workload: VALIDATE_PARTS) and their errors;
     ``link``: this machine's transport, measured."""
@@ -1096,6 +1105,6 @@ def forecast_main(cfg):
            **({"forecast_other_link": {"link": links[1].name, "forecast": _as_json(tables[links[1].name])}}
               if len(links) > 1 else {}),
            "validation": validation, **errors, **race}
-    run.save_json("forecast.json", out)
+    run.save_json("forecast.json", {**out, "profile": profile_json(profile)})  # the RESULT line without it
     emit_result({"dataset": o.meta.name, "architecture": o.arch, **out, "run_dir": str(run.path)},
                 keys=("forecast", "validation", "run_dir"))  # it trains nothing: no accuracies
