@@ -1,6 +1,7 @@
 """benchmarks/bench_floor.py's goal_chance: how often a validation made of the machine's
 floor runs meets the goals, from each workload's mean error and the pooled residuals."""
 import importlib.util
+import random
 import sys
 
 import pytest
@@ -29,7 +30,7 @@ def test_steady_runs_meet_the_goals_and_a_biased_workload_misses_the_worst_row()
 
 
 def test_the_more_rows_the_less_often_noisy_runs_meet_the_worst_row_goal():
-    rng = __import__("random").Random(1)
+    rng = random.Random(1)
     noisy = runs({w: [rng.gauss(0, 0.08) for _ in range(5)] for w in "abcdef"})
     few = bench.goal_chance(noisy, rows={2: 1}, draws=2000)
     many = bench.goal_chance(noisy, rows={2: 6}, draws=2000)
